@@ -1,0 +1,1 @@
+"""The agent daemon: commands in, processes run, state out."""

@@ -1,0 +1,137 @@
+"""Running one task definition to its end: checks, working directory, attempts and retries, failureInfo."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from node_agent.errors import TaskFailure
+from node_agent.runner.process import ExitResult, ProcessSpec, run_process
+from node_agent.wire.base import utcnow
+from node_agent.wire.specs import ResourceFile, UserIdentity
+from node_agent.wire.status import FailureInfo, TaskResult
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPlan:
+    """Everything needed to run one task (preparation, release or ordinary) on this node."""
+
+    command_line: str
+    task_dir: Path
+    env: dict[str, str]
+    max_wall_clock: timedelta | None
+    max_task_retry_count: int  # -1: no limit
+    resource_files: Sequence[ResourceFile] = ()
+    user_identity: UserIdentity | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    start_time: datetime = field(default_factory=utcnow)
+    end_time: datetime | None = None
+    exit_code: int | None = None
+    retry_count: int = 0
+    last_retry_time: datetime | None = None
+    result: TaskResult | None = None
+    failure_info: FailureInfo | None = None
+
+
+def check_supported(plan: AttemptPlan) -> None:
+    """Refuse, with a clear failureInfo, what this agent cannot honour yet (never ignore it silently)."""
+    if plan.resource_files:
+        raise TaskFailure(
+            "ResourceFilesNotSupported",
+            "this agent version does not stage resourceFiles yet; remove them or upgrade the agent",
+        )
+    identity = plan.user_identity
+    if identity is None:
+        return
+    is_root = os.geteuid() == 0
+    if identity.user_name is not None and identity.user_name != getpass.getuser():
+        raise TaskFailure(
+            "UserIdentityNotSupported",
+            f"userName {identity.user_name!r} is not supported yet; this agent runs tasks as {getpass.getuser()!r}",
+        )
+    auto = identity.auto_user
+    if auto is not None and (auto.elevation_level == "admin") != is_root:
+        where = "as root" if is_root else "unprivileged"
+        raise TaskFailure(
+            "UserIdentityNotSupported",
+            f"elevationLevel {auto.elevation_level!r} cannot be honoured: this agent runs {where} and does not "
+            "create task users yet",
+        )
+
+
+def _failure(exc: TaskFailure) -> FailureInfo:
+    return FailureInfo(category=exc.category, code=exc.code, message=exc.message)  # type: ignore[arg-type]
+
+
+def _exit_failure(result: ExitResult, plan: AttemptPlan) -> FailureInfo | None:
+    if result.timed_out:
+        return FailureInfo(
+            category="usererror",
+            code="TaskEnded",
+            message=f"the task ran longer than its maxWallClockTime ({plan.max_wall_clock}) and was killed",
+        )
+    if result.killed:
+        return FailureInfo(category="usererror", code="TaskEnded", message="the task was terminated")
+    if result.exit_code != 0:
+        return FailureInfo(
+            category="usererror",
+            code="FailureExitCode",
+            message=f"the task process exited with an unexpected exit code {result.exit_code}",
+            details=[{"name": "ExitCode", "value": str(result.exit_code)}],
+        )
+    return None
+
+
+def _may_retry(plan: AttemptPlan, outcome: Outcome, result: ExitResult) -> bool:
+    if result.timed_out or result.killed or result.exit_code == 0:
+        return False  # Azure Batch retries on a non-zero exit code only
+    limit = plan.max_task_retry_count
+    return limit == -1 or outcome.retry_count < limit
+
+
+async def run_to_end(
+    plan: AttemptPlan,
+    kill: asyncio.Event,
+    on_change: Callable[[Outcome], None] = lambda _: None,
+) -> Outcome:
+    """Run attempts until success, a non-retryable failure or the retry limit; the Outcome is final."""
+    outcome = Outcome()
+    try:
+        check_supported(plan)
+        working_dir = plan.task_dir / "wd"
+        await asyncio.to_thread(working_dir.mkdir, parents=True, exist_ok=True)
+        while True:
+            spec = ProcessSpec(
+                command_line=plan.command_line,
+                cwd=working_dir,
+                env=plan.env,
+                stdout=plan.task_dir / "stdout.txt",
+                stderr=plan.task_dir / "stderr.txt",
+                max_wall_clock=plan.max_wall_clock,
+            )
+            result = await run_process(spec, kill)
+            outcome.exit_code = result.exit_code
+            outcome.failure_info = _exit_failure(result, plan)
+            if not _may_retry(plan, outcome, result):
+                break
+            outcome.retry_count += 1
+            outcome.last_retry_time = utcnow()
+            log.info("task.retrying", retry_count=outcome.retry_count, exit_code=result.exit_code)
+            on_change(outcome)
+    except TaskFailure as exc:
+        outcome.failure_info = _failure(exc)
+    outcome.end_time = utcnow()
+    outcome.result = TaskResult.FAILURE if outcome.failure_info else TaskResult.SUCCESS
+    return outcome

@@ -1,0 +1,147 @@
+"""Incoming messages to handlers: the one place JSON becomes domain calls and errors become replies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from node_agent.agent import files
+from node_agent.agent.jobs import JobManager
+from node_agent.agent.publisher import Publisher
+from node_agent.errors import InputError
+from node_agent.ids import ID_RULE, is_valid_id
+from node_agent.wire.commands import (
+    COMMANDS,
+    AddTask,
+    Command,
+    DisableScheduling,
+    EnableScheduling,
+    GetFile,
+    ListFiles,
+    TerminateTask,
+)
+from node_agent.wire.specs import Job
+from node_agent.wire.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, manager: JobManager, publisher: Publisher, topics: Topics, node_id: str) -> None:
+        self.manager = manager
+        self.publisher = publisher
+        self.topics = topics
+        self.node_id = node_id
+        self.root = manager.ctx.layout.root
+
+    async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        levels = self.topics.levels(topic)
+        if levels == ["nodes", self.node_id, "commands"]:
+            self.manager.ctx.group.create_task(self._command(payload))
+        elif levels is not None and len(levels) == 2 and levels[0] == "jobs":
+            self._job_document(levels[1], payload)
+
+    def _job_document(self, job_id: str, payload: bytes) -> None:
+        if not is_valid_id(job_id):
+            log.warning("job.invalid_topic", job_id=job_id[:80])
+            return
+        if not payload:
+            self.manager.on_job_document(job_id, None)
+            return
+        try:
+            job = Job.model_validate_json(payload)
+        except ValidationError as exc:
+            log.warning("job.invalid_document", job_id=job_id, error=_first_error(exc))
+            return
+        if job.id != job_id:
+            log.warning("job.id_mismatch", job_id=job_id, document_id=job.id)
+            return
+        self.manager.on_job_document(job_id, job)
+
+    async def _command(self, payload: bytes) -> None:
+        envelope = _envelope(payload)
+        request_id = envelope.get("requestId") if isinstance(envelope.get("requestId"), str) else None
+        reply_to = self._reply_topic(envelope.get("replyTo"))
+        try:
+            command = COMMANDS.validate_json(payload)
+            result = await self._execute(command)
+        except ValidationError as exc:
+            self._refuse(reply_to, request_id, *_validation_error(exc))
+        except InputError as exc:
+            self._refuse(reply_to, request_id, exc.code, exc.message)
+        except Exception as exc:  # the per-command boundary: log, reply, keep serving
+            log.exception("command.failed", request_id=request_id)
+            self._refuse(
+                reply_to, request_id, "InternalError", f"the agent failed to handle the command: {exc}"
+            )
+        else:
+            if reply_to is not None and request_id is not None:
+                self.publisher.reply(reply_to, request_id, result)
+
+    def _reply_topic(self, reply_to: Any) -> str | None:
+        """Replies go only to a client's replies topic under our prefix, so no command can make the agent
+        publish elsewhere (a forged node state, a job document)."""
+        if not isinstance(reply_to, str):
+            return None
+        levels = self.topics.levels(reply_to)
+        if levels is None or len(levels) != 3 or levels[0] != "clients" or levels[2] != "replies":
+            return None
+        return reply_to if is_valid_id(levels[1]) else None
+
+    def _refuse(self, reply_to: str | None, request_id: str | None, code: str, message: str) -> None:
+        log.info("command.refused", request_id=request_id, code=code, reason=message)
+        if reply_to is not None and request_id is not None:
+            self.publisher.error(reply_to, request_id, code, message)
+        else:
+            self.publisher.rejected(code, message + _no_reply_hint(request_id), request_id)
+
+    async def _execute(self, command: Command) -> Any:
+        match command:
+            case AddTask(job_id=job_id, task=task):
+                added = await self.manager.add_task(job_id, task)
+                return added.model_dump(mode="json", by_alias=True, exclude_none=True)
+            case TerminateTask(job_id=job_id, task_id=task_id):
+                ended = await self.manager.terminate_task(job_id, task_id)
+                return ended.model_dump(mode="json", by_alias=True, exclude_none=True)
+            case ListFiles(path=path, recursive=recursive):
+                return await files.list_files(self.root, path, recursive)
+            case GetFile(path=path, offset=offset, length=length):
+                return await files.get_file(self.root, path, offset, length)
+            case DisableScheduling():
+                self.manager.set_scheduling(enabled=False)
+                return {"schedulingState": "disabled"}
+            case EnableScheduling():
+                self.manager.set_scheduling(enabled=True)
+                return {"schedulingState": "enabled"}
+        raise InputError("InvalidCommand", f"unknown command type {command.type!r}")
+
+
+def _envelope(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]
+
+
+def _validation_error(exc: ValidationError) -> tuple[str, str]:
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "string_pattern_mismatch" and where.split(".")[-1] in ("jobId", "taskId", "id"):
+            return "InvalidId", f"{where} {str(error['input'])[:80]!r} is invalid: {ID_RULE}"
+    return "InvalidCommand", f"invalid command: {_first_error(exc)}"
+
+
+def _no_reply_hint(request_id: str | None) -> str:
+    if request_id is None:
+        return " (no requestId/replyTo: send JSON with requestId and replyTo P/clients/{clientId}/replies)"
+    return " (replyTo missing or not P/clients/{clientId}/replies)"

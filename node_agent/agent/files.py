@@ -1,0 +1,95 @@
+"""listFiles and getFile, confined to the node root (no '..', no absolute path, no symlink escape)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import aiofiles
+
+from node_agent.errors import InputError
+from node_agent.wire.commands import FileProperties, NodeFile
+
+LIST_LIMIT = 10_000
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """The real path of ``relative`` under ``root``; refuses anything that would leave it."""
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts or "\x00" in relative:
+        raise InputError(
+            "PathNotAllowed", f"path {relative!r} must be relative to the node root, without '..'"
+        )
+    real_root = root.resolve()
+    target = (real_root / pure).resolve()
+    if target != real_root and not target.is_relative_to(real_root):
+        raise InputError("PathNotAllowed", f"path {relative!r} leads outside the node root")
+    return target
+
+
+def _node_file(root: Path, path: Path) -> dict[str, Any]:
+    info = path.lstat()
+    return NodeFile(
+        name=path.relative_to(root).as_posix(),
+        is_directory=stat.S_ISDIR(info.st_mode),
+        properties=FileProperties(
+            last_modified=datetime.fromtimestamp(info.st_mtime, UTC),
+            content_length=info.st_size,
+            file_mode=oct(stat.S_IMODE(info.st_mode))[2:].zfill(4),
+        ),
+    ).model_dump(mode="json", by_alias=True)
+
+
+def _list(root: Path, relative: str, recursive: bool) -> list[dict[str, Any]]:
+    real_root = root.resolve()
+    start = resolve_inside(root, relative)
+    if not start.is_dir():
+        raise InputError("FileNotFound", f"directory {relative!r} does not exist on this node")
+    found: list[dict[str, Any]] = []
+    for current, dirs, files in os.walk(start, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            found.append(_node_file(real_root, Path(current) / name))
+            if len(found) >= LIST_LIMIT:
+                return found
+        if not recursive:
+            break
+    return found
+
+
+async def list_files(root: Path, relative: str, recursive: bool) -> dict[str, Any]:
+    return {"value": await asyncio.to_thread(_list, root, relative, recursive)}
+
+
+def _regular_file(root: Path, relative: str) -> Path:
+    target = resolve_inside(root, relative)
+    try:
+        mode = target.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError("FileNotFound", f"file {relative!r} does not exist on this node") from None
+    if stat.S_ISDIR(mode):
+        raise InputError("FileNotFound", f"{relative!r} is a directory; use listFiles")
+    if not stat.S_ISREG(mode):
+        raise InputError("PathNotAllowed", f"{relative!r} is not a regular file")
+    return target
+
+
+async def get_file(root: Path, relative: str, offset: int, length: int) -> dict[str, Any]:
+    target = await asyncio.to_thread(_regular_file, root, relative)
+    try:
+        async with aiofiles.open(target, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            await handle.seek(offset)
+            data = await handle.read(length)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError("FileNotFound", f"file {relative!r} does not exist on this node") from None
+    return {
+        "contentLength": size,
+        "offset": offset,
+        "content": base64.b64encode(data).decode(),
+        "eof": offset + len(data) >= size,
+    }

@@ -1,0 +1,311 @@
+"""The job lifecycle on this node: accepting tasks, running them in slots after preparation, ending jobs.
+
+Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask):
+
+    addTask --> active --slot--> preparing --prep ok--> running --exit--> completed
+                  |                  |  prep failed (waitForSuccess)
+                  |                  +--> handed back: active, no node (event JobPreparationTaskFailed)
+                  +-- terminateTask / job end --> completed (TaskEnded)
+                  +-- agent stop --> handed back: active, no node (event NodeAgentStopped)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from node_agent.agent.attempts import AttemptPlan, Outcome, run_to_end
+from node_agent.agent.layout import NodeLayout
+from node_agent.agent.publisher import Publisher
+from node_agent.agent.runs import NodeJob, TaskRun
+from node_agent.errors import InputError
+from node_agent.runner.environment import task_environment
+from node_agent.store.records import RecordStore
+from node_agent.wire.base import utcnow
+from node_agent.wire.specs import EnvironmentSetting, Job, JobState, TaskSpec
+from node_agent.wire.status import FailureInfo, NodeInfo, Task, TaskExecutionInfo, TaskResult, TaskState
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    layout: NodeLayout
+    store: RecordStore
+    publisher: Publisher
+    boot_id: str
+    group: asyncio.TaskGroup
+    on_load_change: Callable[[], None]
+
+
+class JobManager:
+    """Owns every NodeJob and TaskRun of this agent; the only writer of their state."""
+
+    def __init__(self, ctx: NodeContext, task_slots: int, job_wait_s: float) -> None:
+        from node_agent.agent.subtasks import Subtasks  # preparation and release share this manager's state
+
+        self.ctx = ctx
+        self.jobs: dict[str, NodeJob] = {}
+        self.slots = asyncio.Semaphore(task_slots)
+        self.job_wait_s = job_wait_s
+        self.accepting = True
+        self.scheduling_enabled = True
+        self.subtasks = Subtasks(self)
+
+    @property
+    def running_count(self) -> int:
+        return sum(
+            run.task.state == TaskState.RUNNING for job in self.jobs.values() for run in job.tasks.values()
+        )
+
+    def set_scheduling(self, *, enabled: bool) -> None:
+        """disableScheduling lets running and waiting tasks finish and refuses new ones (taskcompletion)."""
+        self.scheduling_enabled = enabled
+        self.ctx.on_load_change()
+
+    def job(self, job_id: str) -> NodeJob:
+        return self.jobs.setdefault(job_id, NodeJob(id=job_id))
+
+    # -- accepting ---------------------------------------------------------------------------------------
+
+    async def add_task(self, job_id: str, spec: TaskSpec) -> Task:
+        """Record the task durably, start it, and return its state (the same state for a repeated add)."""
+        job = self.job(job_id)
+        if (known := job.tasks.get(spec.id)) is not None:
+            await known.recorded.wait()
+            return known.task
+        self._check_accepting()
+        doc = await self._job_document(job)
+        if (known := job.tasks.get(spec.id)) is not None:  # a duplicate arrived while we waited
+            await known.recorded.wait()
+            return known.task
+        self._check_acceptable(job, doc, spec)
+        run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec))
+        job.tasks[spec.id] = run
+        try:
+            await asyncio.shield(self._save_task(run))
+        except BaseException:
+            job.tasks.pop(spec.id, None)
+            raise
+        run.recorded.set()
+        self.ctx.publisher.task(job_id, run.task)
+        run.worker = self.ctx.group.create_task(self._work(job, run), name=f"task-{job_id}-{spec.id}")
+        log.info("task.accepted", job_id=job_id, task_id=spec.id)
+        return run.task
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise InputError("NodeShuttingDown", "the agent is stopping; place the task on another node")
+        if not self.scheduling_enabled:
+            raise InputError(
+                "NodeSchedulingDisabled", "scheduling is disabled on this node; use another node"
+            )
+
+    async def _job_document(self, job: NodeJob) -> Job:
+        try:
+            async with asyncio.timeout(self.job_wait_s):
+                await job.doc_seen.wait()
+        except TimeoutError:
+            if not job.has_presence:
+                self.jobs.pop(job.id, None)
+            raise InputError(
+                "JobNotFound",
+                f"job {job.id!r} is unknown: publish the job (retained) on its jobs topic before adding tasks",
+            ) from None
+        assert job.doc is not None
+        return job.doc
+
+    def _check_acceptable(self, job: NodeJob, doc: Job, spec: TaskSpec) -> None:
+        if doc.state != JobState.ACTIVE or job.ending is not None:
+            raise InputError(
+                "JobNotActive", f"job {job.id!r} is {doc.state}; tasks can be added to active jobs only"
+            )
+        reserved = {t.id for t in (doc.job_preparation_task, doc.job_release_task) if t is not None}
+        if spec.id in reserved:
+            raise InputError(
+                "TaskIdSameAsJobPreparationTask",
+                f"task id {spec.id!r} is the id of the job's preparation or release task; choose another id",
+            )
+        if job.prep_blocked:
+            raise InputError(
+                "JobPreparationTaskFailed",
+                f"the job preparation task of {job.id!r} failed on this node; place the task on another node",
+            )
+
+    def _new_task(self, job_id: str, spec: TaskSpec) -> Task:
+        node = NodeInfo(
+            node_id=self.ctx.publisher.node_id,
+            pool_id=self.ctx.publisher.pool_id,
+            task_root_directory=str(self.ctx.layout.task_dir(job_id, spec.id)),
+        )
+        return Task(**dict(spec), state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=node)
+
+    async def _save_task(self, run: TaskRun) -> None:
+        document = run.task.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await self.ctx.store.put(("jobs", run.job_id, "tasks", run.task.id), document)
+
+    async def save_job(self, job: NodeJob) -> None:
+        await asyncio.shield(self.ctx.store.put(("jobs", job.id, "job"), job.record()))
+
+    # -- running -----------------------------------------------------------------------------------------
+
+    def _set_state(self, run: TaskRun, state: TaskState, **changes: object) -> None:
+        run.update(state=state, state_transition_time=utcnow(), **changes)
+        self.ctx.publisher.task(run.job_id, run.task)
+        self.ctx.on_load_change()
+
+    async def _work(self, job: NodeJob, run: TaskRun) -> None:
+        async with self.slots:
+            assert job.doc is not None
+            prep = job.doc.job_preparation_task
+            if prep is not None and prep.wait_for_success:
+                if self.subtasks.prep_pending(job):
+                    self._set_state(run, TaskState.PREPARING)
+                if not await self.subtasks.ensure_prepared(job):
+                    await self.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")
+                    return
+            elif prep is not None:
+                self.subtasks.start_preparation(job)
+            start = utcnow()
+            self._set_state(run, TaskState.RUNNING, execution_info=TaskExecutionInfo(start_time=start))
+            outcome = await run_to_end(self._plan(job, run.spec), run.kill, self._retry_reporter(run))
+        if run.requeue_code is not None:
+            await self.hand_back(run, run.requeue_code, "the agent stopped while the task ran")
+            return
+        await asyncio.shield(self._complete(run, outcome))
+
+    def _plan(self, job: NodeJob, spec: TaskSpec) -> AttemptPlan:
+        assert job.doc is not None
+        prep = job.doc.job_preparation_task
+        variables = self.ctx.layout.batch_variables(job.id, spec.id, prep.id if prep else None)
+        return AttemptPlan(
+            command_line=spec.command_line,
+            task_dir=self.ctx.layout.task_dir(job.id, spec.id),
+            env=task_environment(
+                variables, pairs(job.doc.common_environment_settings), pairs(spec.environment_settings)
+            ),
+            max_wall_clock=spec.constraints.max_wall_clock_time,
+            max_task_retry_count=spec.constraints.max_task_retry_count,
+            resource_files=spec.resource_files,
+            user_identity=spec.user_identity,
+        )
+
+    def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:
+        def report(outcome: Outcome) -> None:
+            info = run.task.execution_info.model_copy(
+                update={"retry_count": outcome.retry_count, "last_retry_time": outcome.last_retry_time}
+            )
+            self._set_state(run, TaskState.RUNNING, execution_info=info)
+
+        return report
+
+    async def _complete(self, run: TaskRun, outcome: Outcome) -> None:
+        info = TaskExecutionInfo(
+            start_time=outcome.start_time,
+            end_time=outcome.end_time,
+            exit_code=outcome.exit_code,
+            retry_count=outcome.retry_count,
+            last_retry_time=outcome.last_retry_time,
+            requeue_count=run.task.execution_info.requeue_count,
+            result=outcome.result,
+            failure_info=outcome.failure_info,
+        )
+        run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
+        await self._save_task(run)
+        self.ctx.publisher.task(run.job_id, run.task)
+        self.ctx.on_load_change()
+        log.info(
+            "task.completed",
+            job_id=run.job_id,
+            task_id=run.task.id,
+            exit_code=outcome.exit_code,
+            result=str(outcome.result),
+        )
+
+    async def hand_back(self, run: TaskRun, code: str, message: str) -> None:
+        """Give the task back to the scheduler: active, no node, and forgotten by this node."""
+        job = self.jobs.get(run.job_id)
+        if job is not None and job.tasks.get(run.task.id) is run:
+            del job.tasks[run.task.id]
+        info = run.task.execution_info.model_copy(
+            update={"requeue_count": run.task.execution_info.requeue_count + 1}
+        )
+        run.update(
+            state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info
+        )
+        await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
+        self.ctx.publisher.task(run.job_id, run.task, code=code, message=message)
+        self.ctx.on_load_change()
+        log.info("task.handed_back", job_id=run.job_id, task_id=run.task.id, code=code)
+
+    # -- ending ------------------------------------------------------------------------------------------
+
+    async def terminate_task(self, job_id: str, task_id: str) -> Task:
+        job = self.jobs.get(job_id)
+        run = job.tasks.get(task_id) if job is not None else None
+        if run is None:
+            raise InputError("TaskNotFound", f"task {task_id!r} of job {job_id!r} is not on this node")
+        await self.end_task(run, "the task was terminated")
+        return run.task
+
+    async def end_task(self, run: TaskRun, message: str) -> None:
+        """End a waiting or running task with TaskEnded and wait until it is recorded completed."""
+        if run.is_finished or run.worker is None:
+            return
+        if run.task.state == TaskState.RUNNING:
+            run.kill.set()
+            await asyncio.wait({run.worker})
+            return
+        await _cancel(run.worker)
+        if run.is_finished or run.task.state == TaskState.RUNNING:
+            return  # it finished or started before the cancel reached it
+        failure = FailureInfo(category="usererror", code="TaskEnded", message=message)
+        outcome = Outcome(end_time=utcnow(), result=TaskResult.FAILURE, failure_info=failure)
+        await asyncio.shield(self._complete(run, outcome))
+
+    def on_job_document(self, job_id: str, doc: Job | None) -> None:
+        """A retained job document arrived (None: the job was deleted)."""
+        job = self.jobs.get(job_id)
+        if doc is None:
+            if job is not None and job.has_presence:
+                self.subtasks.end_job(job, deleting=True)
+            elif job is not None:
+                self.jobs.pop(job_id, None)
+            return
+        job = self.job(job_id)
+        job.doc = doc
+        job.doc_seen.set()
+        if doc.state != JobState.ACTIVE and job.has_presence:
+            self.subtasks.end_job(job, deleting=doc.state == JobState.DELETING)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """SIGTERM: take nothing new, let running tasks finish within the grace, hand back the rest."""
+        self.accepting = False
+        runs = [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
+        for run in runs:
+            if run.task.state != TaskState.RUNNING and run.worker is not None:
+                await _cancel(run.worker)
+                if not run.is_finished and run.task.state != TaskState.RUNNING:
+                    await self.hand_back(run, "NodeAgentStopped", "the agent stopped before the task started")
+        workers = [run.worker for run in runs if run.worker is not None and not run.worker.done()]
+        if workers:
+            await asyncio.wait(workers, timeout=grace_s)
+        for run in runs:
+            if run.worker is not None and not run.worker.done():
+                run.requeue_code = "NodeAgentStopped"
+                run.kill.set()
+        if workers:
+            await asyncio.wait(workers)
+        await self.subtasks.stop()
+
+
+def pairs(settings: list[EnvironmentSetting]) -> list[tuple[str, str]]:
+    return [(setting.name, setting.value) for setting in settings]
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait({task})

@@ -1,0 +1,68 @@
+"""Everything the agent publishes, in one place: task state and events, per-node job info, node state, replies."""
+
+from __future__ import annotations
+
+from node_agent.transport.mqtt import MqttTransport
+from node_agent.wire.base import utcnow
+from node_agent.wire.commands import ErrorInfo, Reply
+from node_agent.wire.status import (
+    Event,
+    JobPreparationAndReleaseTaskExecutionInformation,
+    NodeState,
+    Task,
+)
+from node_agent.wire.topics import Topics
+
+
+class Publisher:
+    def __init__(self, transport: MqttTransport, topics: Topics, node_id: str, pool_id: str) -> None:
+        self._transport = transport
+        self._topics = topics
+        self.node_id = node_id
+        self.pool_id = pool_id
+
+    def task(self, job_id: str, task: Task, *, code: str | None = None, message: str | None = None) -> None:
+        """Retained task state plus an event; a ``code`` marks a hand-back (the task left this node)."""
+        self._transport.publish(self._topics.task(job_id, task.id), task.to_json(), retain=True)
+        event = Event(
+            type="taskHandedBack" if code else "taskStateChanged",
+            time=utcnow(),
+            node_id=self.node_id,
+            job_id=job_id,
+            task_id=task.id,
+            state=task.state,
+            code=code,
+            message=message,
+            task=task,
+        )
+        self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
+
+    def clear_task(self, job_id: str, task_id: str) -> None:
+        self._transport.publish(self._topics.task(job_id, task_id), b"", retain=True)
+
+    def job_node(self, job_id: str, info: JobPreparationAndReleaseTaskExecutionInformation | None) -> None:
+        payload = info.to_json() if info is not None else b""
+        self._transport.publish(self._topics.job_node(job_id, self.node_id), payload, retain=True)
+
+    def node_state(self, state: NodeState) -> None:
+        self._transport.publish(self._topics.node_state(self.node_id), state.to_json(), retain=True)
+
+    def rejected(self, code: str, message: str, request_id: str | None = None) -> None:
+        """A command that cannot be answered (no usable replyTo) is reported as an event instead."""
+        event = Event(
+            type="commandRejected",
+            time=utcnow(),
+            node_id=self.node_id,
+            code=code,
+            message=message,
+            request_id=request_id,
+        )
+        self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
+
+    def reply(self, reply_to: str, request_id: str, result: object = None) -> None:
+        reply = Reply(request_id=request_id, ok=True, result=result)
+        self._transport.publish(reply_to, reply.to_json())
+
+    def error(self, reply_to: str, request_id: str, code: str, message: str) -> None:
+        reply = Reply(request_id=request_id, ok=False, error=ErrorInfo(code=code, message=message))
+        self._transport.publish(reply_to, reply.to_json())

@@ -1,0 +1,92 @@
+"""In-memory records of what this node runs: one TaskRun per task, one NodeJob per job it has seen."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from node_agent.wire.specs import Job, TaskSpec
+from node_agent.wire.status import (
+    JobPreparationAndReleaseTaskExecutionInformation,
+    JobPreparationTaskExecutionInformation,
+    JobReleaseTaskExecutionInformation,
+    Task,
+    TaskState,
+)
+
+
+@dataclass(eq=False, slots=True)
+class TaskRun:
+    job_id: str
+    task: Task  # the last published state; replaced (models are frozen) on every change
+    kill: asyncio.Event = field(default_factory=asyncio.Event)
+    recorded: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task[None] | None = None
+    requeue_code: str | None = None  # set when the run is to be handed back instead of completed
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.task
+
+    @property
+    def is_finished(self) -> bool:
+        return self.task.state == TaskState.COMPLETED
+
+    def update(self, **changes: Any) -> Task:
+        self.task = self.task.model_copy(update=changes)
+        return self.task
+
+
+@dataclass(eq=False, slots=True)
+class NodeJob:
+    id: str
+    doc: Job | None = None
+    doc_seen: asyncio.Event = field(default_factory=asyncio.Event)
+    prep: JobPreparationTaskExecutionInformation | None = None
+    prep_boot_id: str | None = None
+    release: JobReleaseTaskExecutionInformation | None = None
+    prep_blocked: bool = False
+    tasks: dict[str, TaskRun] = field(default_factory=dict)
+    prep_run: asyncio.Task[bool] | None = None
+    prep_kill: asyncio.Event = field(default_factory=asyncio.Event)
+    ending: asyncio.Task[None] | None = None
+    delete_requested: bool = False
+
+    @property
+    def has_presence(self) -> bool:
+        """Whether anything of this job ever ran or waits here (else the node ignores its end)."""
+        return self.prep is not None or bool(self.tasks)
+
+    def info(self, node_id: str, pool_id: str) -> JobPreparationAndReleaseTaskExecutionInformation:
+        return JobPreparationAndReleaseTaskExecutionInformation(
+            pool_id=pool_id,
+            node_id=node_id,
+            job_preparation_task_execution_info=self.prep,
+            job_release_task_execution_info=self.release,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The durable form (store key ("jobs", id, "job"))."""
+        dump = lambda model: model.model_dump(mode="json", by_alias=True) if model else None  # noqa: E731
+        return {
+            "version": 1,
+            "doc": dump(self.doc),
+            "prep": dump(self.prep),
+            "prepBootId": self.prep_boot_id,
+            "release": dump(self.release),
+            "prepBlocked": self.prep_blocked,
+        }
+
+    @classmethod
+    def from_record(cls, job_id: str, record: dict[str, Any]) -> NodeJob:
+        job = cls(id=job_id)
+        if record.get("doc"):
+            job.doc = Job.model_validate(record["doc"])
+        if record.get("prep"):
+            job.prep = JobPreparationTaskExecutionInformation.model_validate(record["prep"])
+        if record.get("release"):
+            job.release = JobReleaseTaskExecutionInformation.model_validate(record["release"])
+        job.prep_boot_id = record.get("prepBootId")
+        job.prep_blocked = bool(record.get("prepBlocked"))
+        return job

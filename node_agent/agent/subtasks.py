@@ -1,0 +1,241 @@
+"""The job preparation and release tasks on this node, and the end of a job (PROTOCOL.md guarantees 1-3).
+
+"Preparation ran in this boot" is the durable pair (prep record, prepBootId) in the job's record: it is
+written before the process starts and when it ends, so an agent restart in the same boot never reruns a
+finished preparation, and a new boot id reruns it unless rerunOnNodeRebootAfterSuccess is false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import TYPE_CHECKING
+
+import structlog
+
+from node_agent.agent.attempts import AttemptPlan, Outcome, run_to_end
+from node_agent.runner.environment import task_environment
+from node_agent.wire.base import utcnow
+from node_agent.wire.status import (
+    JobPreparationTaskExecutionInformation,
+    JobReleaseTaskExecutionInformation,
+    SubtaskState,
+    TaskResult,
+    TaskState,
+)
+
+if TYPE_CHECKING:
+    from node_agent.agent.jobs import JobManager
+    from node_agent.agent.runs import NodeJob
+
+log = structlog.get_logger(__name__)
+
+
+class Subtasks:
+    def __init__(self, manager: JobManager) -> None:
+        self.manager = manager
+        self.ctx = manager.ctx
+
+    # -- preparation -------------------------------------------------------------------------------------
+
+    def _needs_run(self, job: NodeJob) -> bool:
+        """Guarantee 1: run if it never completed here, or completed in an earlier boot (unless opted out)."""
+        prep, spec = job.prep, job.doc.job_preparation_task if job.doc else None
+        if prep is None or prep.state != SubtaskState.COMPLETED:
+            return True
+        if job.prep_boot_id == self.ctx.boot_id:
+            return False
+        rerun = spec is None or spec.rerun_on_node_reboot_after_success
+        return prep.result != TaskResult.SUCCESS or rerun
+
+    def prep_pending(self, job: NodeJob) -> bool:
+        """Whether a task must still wait for the preparation (it is running or has to run)."""
+        running = job.prep_run is not None and not job.prep_run.done()
+        return running or self._needs_run(job)
+
+    def start_preparation(self, job: NodeJob) -> asyncio.Task[bool] | None:
+        """Start the preparation unless it runs or has run; returns the run to wait on, if any."""
+        if job.prep_run is not None and not job.prep_run.done():
+            return job.prep_run
+        if not self._needs_run(job):
+            return None
+        job.prep_kill = asyncio.Event()
+        job.prep_run = self.ctx.group.create_task(self._prepare(job), name=f"prep-{job.id}")
+        return job.prep_run
+
+    async def ensure_prepared(self, job: NodeJob) -> bool:
+        """Wait for the preparation (running it if needed); True when the job's tasks may run here."""
+        run = self.start_preparation(job)
+        if run is not None:
+            return await asyncio.shield(run)
+        return job.prep is not None and job.prep.result == TaskResult.SUCCESS
+
+    async def _prepare(self, job: NodeJob) -> bool:
+        assert job.doc is not None and job.doc.job_preparation_task is not None
+        spec = job.doc.job_preparation_task
+        task_dir = self.ctx.layout.task_dir(job.id, spec.id)
+        job.prep = JobPreparationTaskExecutionInformation(
+            start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
+        )
+        job.prep_boot_id = self.ctx.boot_id
+        job.prep_blocked = False
+        await self._record(job)
+        log.info("prep.started", job_id=job.id)
+        plan = self._plan(
+            job,
+            spec.id,
+            spec.command_line,
+            spec.environment_settings,
+            spec.constraints.max_wall_clock_time,
+            spec.constraints.max_task_retry_count,
+            spec.resource_files,
+            spec.user_identity,
+        )
+        outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
+        job.prep = JobPreparationTaskExecutionInformation(
+            start_time=outcome.start_time,
+            end_time=outcome.end_time,
+            state=SubtaskState.COMPLETED,
+            task_root_directory=str(task_dir),
+            exit_code=outcome.exit_code,
+            retry_count=outcome.retry_count,
+            last_retry_time=outcome.last_retry_time,
+            result=outcome.result,
+            failure_info=outcome.failure_info,
+        )
+        succeeded = outcome.result == TaskResult.SUCCESS
+        job.prep_blocked = not succeeded and spec.wait_for_success
+        await self._record(job)
+        log.info("prep.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
+        if job.prep_blocked:
+            await self._hand_back_waiting(job)
+        return succeeded
+
+    def _prep_progress(self, job: NodeJob, outcome: Outcome) -> None:
+        if job.prep is not None:
+            job.prep = job.prep.model_copy(
+                update={"retry_count": outcome.retry_count, "last_retry_time": outcome.last_retry_time}
+            )
+            self.ctx.publisher.job_node(
+                job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id)
+            )
+
+    async def _hand_back_waiting(self, job: NodeJob) -> None:
+        """Guarantee 2: every task of the job waiting here goes back to the scheduler."""
+        for run in list(job.tasks.values()):
+            if run.task.state in (TaskState.ACTIVE, TaskState.PREPARING) and run.worker is not None:
+                run.worker.cancel()
+                await asyncio.wait({run.worker})
+                await self.manager.hand_back(
+                    run, "JobPreparationTaskFailed", "the job preparation task failed"
+                )
+
+    async def _record(self, job: NodeJob) -> None:
+        await self.manager.save_job(job)
+        self.ctx.publisher.job_node(job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id))
+
+    def _plan(
+        self,
+        job: NodeJob,
+        task_id: str,
+        command_line: str,
+        settings: list,
+        max_wall_clock,  # type: ignore[no-untyped-def, type-arg]
+        retries: int,
+        resource_files: list,
+        identity,
+    ) -> AttemptPlan:  # type: ignore[type-arg]
+        from node_agent.agent.jobs import pairs
+
+        assert job.doc is not None
+        prep = job.doc.job_preparation_task
+        variables = self.ctx.layout.batch_variables(job.id, task_id, prep.id if prep else None)
+        common = pairs(job.doc.common_environment_settings)
+        return AttemptPlan(
+            command_line=command_line,
+            task_dir=self.ctx.layout.task_dir(job.id, task_id),
+            env=task_environment(variables, common, pairs(settings)),
+            max_wall_clock=max_wall_clock,
+            max_task_retry_count=retries,
+            resource_files=resource_files,
+            user_identity=identity,
+        )
+
+    # -- end of a job --------------------------------------------------------------------------------------
+
+    def end_job(self, job: NodeJob, *, deleting: bool) -> None:
+        """Start (once) ending the job: tasks ended, release run once, and on delete its files removed."""
+        first_delete = deleting and not job.delete_requested
+        job.delete_requested = job.delete_requested or deleting
+        if job.ending is None or (job.ending.done() and first_delete):
+            # _finish is idempotent: after a terminate it only removes the job's files on delete
+            job.ending = self.ctx.group.create_task(self._finish(job), name=f"end-{job.id}")
+
+    async def _finish(self, job: NodeJob) -> None:
+        for run in list(job.tasks.values()):
+            await self.manager.end_task(run, "the job was terminated")
+        if job.prep_run is not None and not job.prep_run.done():
+            job.prep_kill.set()
+            await asyncio.wait({job.prep_run})
+        release = job.doc.job_release_task if job.doc else None
+        ran_release = job.release is not None and job.release.state == SubtaskState.COMPLETED
+        if job.prep is not None and release is not None and not ran_release:
+            await self._release(job)
+        if job.delete_requested:
+            await self._delete(job)
+
+    async def _release(self, job: NodeJob) -> None:
+        assert job.doc is not None and job.doc.job_release_task is not None
+        spec = job.doc.job_release_task
+        task_dir = self.ctx.layout.task_dir(job.id, spec.id)
+        job.release = JobReleaseTaskExecutionInformation(
+            start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
+        )
+        await self._record(job)
+        log.info("release.started", job_id=job.id)
+        plan = self._plan(
+            job,
+            spec.id,
+            spec.command_line,
+            spec.environment_settings,
+            spec.max_wall_clock_time,
+            0,
+            spec.resource_files,
+            spec.user_identity,
+        )
+        outcome = await run_to_end(plan, asyncio.Event())
+        job.release = JobReleaseTaskExecutionInformation(
+            start_time=outcome.start_time,
+            end_time=outcome.end_time,
+            state=SubtaskState.COMPLETED,
+            task_root_directory=str(task_dir),
+            exit_code=outcome.exit_code,
+            result=outcome.result,
+            failure_info=outcome.failure_info,
+        )
+        await self._record(job)
+        log.info("release.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
+
+    async def _delete(self, job: NodeJob) -> None:
+        """Deleting a job removes all its directories and records here, whatever their retention."""
+        await asyncio.to_thread(shutil.rmtree, self.ctx.layout.job_dir(job.id), ignore_errors=True)
+        for task_id in list(job.tasks):
+            self.ctx.publisher.clear_task(job.id, task_id)
+        self.ctx.publisher.job_node(job.id, None)
+        await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
+        self.manager.jobs.pop(job.id, None)
+        log.info("job.deleted", job_id=job.id)
+
+    async def stop(self) -> None:
+        """Agent shutdown: a running preparation or release is stopped and stays recorded as running,
+        so the next start runs it again (never recorded as done when it was not)."""
+        pending = [
+            task
+            for job in self.manager.jobs.values()
+            for task in (job.prep_run, job.ending)
+            if task is not None and not task.done()
+        ]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

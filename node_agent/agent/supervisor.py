@@ -1,0 +1,129 @@
+"""The agent's root: settings in, one TaskGroup that owns everything, signals, and the shutdown sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import structlog
+
+from node_agent import __version__
+from node_agent.agent.dispatch import Dispatcher
+from node_agent.agent.jobs import JobManager, NodeContext
+from node_agent.agent.layout import NodeLayout
+from node_agent.agent.node_state import NodeStateReporter
+from node_agent.agent.publisher import Publisher
+from node_agent.agent.recovery import recover
+from node_agent.config import AgentSettings
+from node_agent.errors import ConfigError
+from node_agent.store.boot import read_boot_id
+from node_agent.store.records import RecordStore
+from node_agent.transport.mqtt import MqttTransport, Outgoing, SessionOptions
+from node_agent.wire.status import NodeStateName
+from node_agent.wire.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+
+def install_signal_handlers(stopping: asyncio.Event) -> None:
+    """SIGTERM/SIGINT start a graceful stop; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("agent.forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("agent.stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> None:
+    state_dir = settings.resolved_state_dir
+    if state_dir.resolve().is_relative_to(settings.root.resolve()):
+        raise ConfigError(
+            f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it"
+        )
+    try:
+        layout.create()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the node directories: {exc}") from exc
+
+
+async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT (or ``stopping``); returns after a clean stop."""
+    stopping = stopping or asyncio.Event()
+    install_signal_handlers(stopping)
+    layout = NodeLayout(settings.root, settings.node_id, settings.pool_id)
+    await asyncio.to_thread(_prepare_disk, settings, layout)
+    boot_id = await asyncio.to_thread(read_boot_id, settings.boot_id_file)
+    topics = Topics(settings.topic_prefix)
+    transport_stop = asyncio.Event()
+    transport = MqttTransport(
+        brokers=settings.brokers,
+        options=SessionOptions(
+            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}", persistent=True
+        ),
+        on_message=_not_ready,
+        subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
+    )
+    publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
+    reporter = NodeStateReporter(publisher, str(settings.root), settings.task_slots, boot_id)
+    offline = reporter.build(NodeStateName.OFFLINE)
+    transport.options = SessionOptions(
+        identifier=transport.options.identifier,
+        persistent=True,
+        will=Outgoing(topics.node_state(settings.node_id), offline.to_json(), retain=True),
+    )
+    async with asyncio.TaskGroup() as group:
+        manager: JobManager | None = None
+
+        def load_changed() -> None:
+            if manager is not None:
+                reporter.update(
+                    manager.running_count, "enabled" if manager.scheduling_enabled else "disabled"
+                )
+
+        ctx = NodeContext(
+            layout, RecordStore(settings.resolved_state_dir), publisher, boot_id, group, load_changed
+        )
+        manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
+        await recover(manager)
+        transport.on_message = Dispatcher(manager, publisher, topics, settings.node_id).on_message
+
+        async def on_connected() -> None:
+            reporter.publish()
+
+        transport.on_connected = on_connected
+        group.create_task(transport.run(transport_stop), name="mqtt")
+        group.create_task(
+            reporter.heartbeat(settings.heartbeat_interval.total_seconds(), stopping), name="heartbeat"
+        )
+        log.info(
+            "agent.started",
+            node_id=settings.node_id,
+            pool_id=settings.pool_id,
+            version=__version__,
+            root=str(settings.root),
+            task_slots=settings.task_slots,
+            boot_id=boot_id,
+            privileged=os.geteuid() == 0,
+        )
+        await stopping.wait()
+        await manager.shutdown(settings.shutdown_grace.total_seconds())
+        reporter.publish(NodeStateName.OFFLINE)
+        if not await transport.flush(timeout_s=5):
+            log.warning(
+                "agent.unflushed", reason="broker unreachable; retained state falls back to the last will"
+            )
+        transport_stop.set()
+    log.info("agent.stopped")
+
+
+async def _not_ready(topic: str, payload: bytes, retained: bool) -> None:
+    raise RuntimeError("message handler not set")

@@ -1,0 +1,235 @@
+"""Throw-away loopback MQTT brokers (mosquitto or the embedded amqtt) started for demos and tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+KINDS = ("mosquitto", "amqtt")
+
+_MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+_MOSQUITTO_READY = re.compile(r"mosquitto version \S+ running")
+_START_ATTEMPTS = 3  # a fresh port is tried only when the previous one was taken in the meantime
+_PUMP_JOIN_TIMEOUT_S = 2.0
+
+# max_queued_messages 100000 (default 1000) is what keeps bursts of QoS 1 messages for a slow or offline
+# persistent client from being dropped; max_queued_bytes 0 keeps the byte cap off; max_inflight_messages 0
+# (default 20) removes the per-client window, so a burst is written at once instead of 20 per PUBACK.
+_MOSQUITTO_CONF = """\
+listener {port} {host}
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_inflight_messages 0
+max_queued_messages 100000
+max_queued_bytes 0
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+log_type information
+log_timestamp_format %Y-%m-%dT%H:%M:%S
+"""
+
+
+class BrokerUnavailable(RuntimeError):
+    """No broker of the requested kind could be started."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHandle:
+    """A started broker: where to connect and which implementation it is."""
+
+    url: str
+    port: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class _LaunchSpec:
+    """How to start one broker process and recognise that it accepts connections."""
+
+    argv: list[str]
+    log_path: Path
+    is_ready: Callable[[str], bool]
+    env: dict[str, str] | None = None
+
+
+def find_mosquitto() -> str | None:
+    """Return the mosquitto executable from PATH or the usual sbin directories, or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in _MOSQUITTO_FALLBACKS:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    """Return a TCP port on the loopback address that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class _OutputPump:
+    """Copies a child's merged output into a log file and hands lines to the readiness wait."""
+
+    def __init__(self, stream: IO[str], log_path: Path) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._watching = threading.Event()
+        self._watching.set()
+        self._thread = threading.Thread(
+            target=self._run, args=(stream, log_path), name=f"broker-log-{log_path.stem}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, stream: IO[str], log_path: Path) -> None:
+        with stream, log_path.open("a", encoding="utf-8") as log:
+            for line in stream:
+                log.write(line)
+                log.flush()
+                if self._watching.is_set():
+                    self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, is_ready: Callable[[str], bool], timeout: float) -> tuple[bool, str]:
+        """Block until a line satisfies is_ready, output ends, or timeout; return (ready, output so far)."""
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    line = self._lines.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if line is None:
+                    break
+                seen.append(line)
+                if is_ready(line):
+                    return True, "".join(seen)
+            return False, "".join(seen)
+        finally:
+            self._watching.clear()
+
+    def join(self) -> None:
+        """Wait briefly for the copy to finish once the child has exited."""
+        self._thread.join(_PUMP_JOIN_TIMEOUT_S)
+
+
+def _mosquitto_spec(workdir: Path, port: int) -> _LaunchSpec:
+    binary = find_mosquitto()
+    if binary is None:
+        raise BrokerUnavailable(
+            "mosquitto is not installed (looked on PATH, /usr/sbin and /usr/local/sbin); "
+            "install it with `apt-get install mosquitto`, or use the embedded broker (kind='amqtt')"
+        )
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(_MOSQUITTO_CONF.format(port=port, host=HOST), encoding="utf-8")
+    return _LaunchSpec(
+        argv=[binary, "-c", str(conf)],
+        log_path=workdir / "mosquitto.log",
+        is_ready=lambda line: _MOSQUITTO_READY.search(line) is not None,
+    )
+
+
+def _amqtt_spec(workdir: Path, port: int) -> _LaunchSpec:
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    return _LaunchSpec(
+        argv=[sys.executable, "-m", "node_agent.embedded_broker", "--port", str(port)],
+        log_path=workdir / "amqtt.log",
+        is_ready=lambda line: line.strip() == "ready",
+        env=env,
+    )
+
+
+def _stop(proc: subprocess.Popen[str], pump: _OutputPump) -> None:
+    """SIGTERM the child, SIGKILL it if it is still alive after STOP_TIMEOUT_S, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    pump.join()
+
+
+def _launch(spec: _LaunchSpec) -> tuple[subprocess.Popen[str], _OutputPump]:
+    try:
+        proc = subprocess.Popen(
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=spec.env,
+            start_new_session=True,  # a terminal Ctrl-C reaches the agent only; the broker is stopped last
+        )
+    except OSError as exc:
+        raise BrokerUnavailable(f"cannot execute {spec.argv[0]}: {exc}") from exc
+    assert proc.stdout is not None
+    return proc, _OutputPump(proc.stdout, spec.log_path)
+
+
+def _start(kind: str, workdir: Path) -> tuple[subprocess.Popen[str], _OutputPump, int]:
+    """Start the broker on a free port and wait (bounded) for its readiness line."""
+    build = _mosquitto_spec if kind == "mosquitto" else _amqtt_spec
+    for _ in range(_START_ATTEMPTS):
+        port = free_port()
+        spec = build(workdir, port)
+        proc, pump = _launch(spec)
+        try:
+            ready, output = pump.wait_for(spec.is_ready, READY_TIMEOUT_S)
+        except BaseException:  # e.g. Ctrl-C while waiting: never leave the child behind
+            _stop(proc, pump)
+            raise
+        if ready:
+            return proc, pump, port
+        _stop(proc, pump)
+        if "address already in use" not in output.lower():
+            break
+    raise BrokerUnavailable(
+        f"{kind} broker on {HOST}:{port} did not report readiness within {READY_TIMEOUT_S:g} s "
+        f"(exit code {proc.returncode}); its output was:\n{output}"
+    )
+
+
+def _resolve_kind(kind: str | None) -> str:
+    if kind is None:
+        return "mosquitto" if find_mosquitto() else "amqtt"
+    if kind not in KINDS:
+        raise ValueError(f"unknown broker kind {kind!r}; expected one of {', '.join(KINDS)} or None")
+    return kind
+
+
+@contextlib.contextmanager
+def running_broker(workdir: Path, *, kind: str | None = None) -> Iterator[BrokerHandle]:
+    """Run a loopback broker for the duration of the block; kind=None prefers mosquitto over amqtt."""
+    resolved = _resolve_kind(kind)
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc, pump, port = _start(resolved, workdir)
+    try:
+        yield BrokerHandle(url=f"mqtt://{HOST}:{port}", port=port, kind=resolved)
+    finally:
+        _stop(proc, pump)

@@ -1,0 +1,397 @@
+"""BatchClient: drives a pool of agents over MQTT the way the Azure Batch service drives its nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from node_agent.config import parse_broker_urls
+from node_agent.ids import is_valid_id
+from node_agent.transport.mqtt import MqttTransport, SessionOptions
+from node_agent.wire.base import utcnow
+from node_agent.wire.commands import GET_FILE_MAX_LENGTH, Reply
+from node_agent.wire.specs import Job, JobState, TaskSpec
+from node_agent.wire.status import (
+    Event,
+    JobPreparationAndReleaseTaskExecutionInformation,
+    NodeState,
+    NodeStateName,
+    SubtaskState,
+    Task,
+    TaskState,
+)
+from node_agent.wire.topics import Topics
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+PLACEABLE = (NodeStateName.IDLE, NodeStateName.RUNNING)
+# Refusals after which the task is tried on another node instead of failing the add.
+RETRY_ELSEWHERE = {"NodeSchedulingDisabled", "JobPreparationTaskFailed", "NodeShuttingDown"}
+
+
+class CommandError(Exception):
+    """An agent answered a command with an error reply."""
+
+    def __init__(self, node_id: str, code: str, message: str) -> None:
+        super().__init__(f"{node_id}: {code}: {message}")
+        self.node_id = node_id
+        self.code = code
+        self.message = message
+
+
+class NoNodeAvailable(Exception):
+    """No node can take the task (none idle or running with scheduling enabled)."""
+
+
+@dataclass(slots=True)
+class PoolView:
+    """What the retained topics say about the pool, kept current by the client."""
+
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
+    prep_release: dict[tuple[str, str], JobPreparationAndReleaseTaskExecutionInformation] = field(
+        default_factory=dict
+    )
+
+
+class BatchClient:
+    """``async with BatchClient(url) as client:`` then create jobs, add tasks, wait, read files."""
+
+    def __init__(
+        self, broker_url: str, *, topic_prefix: str = "batch", command_timeout_s: float = 30
+    ) -> None:
+        self.topics = Topics(topic_prefix)
+        self.client_id = "c" + uuid.uuid4().hex[:20]
+        self.command_timeout_s = command_timeout_s
+        self.view = PoolView()
+        self.on_event: Callable[[Event], None] | None = None
+        self._changed = asyncio.Condition()
+        self._replies: dict[str, asyncio.Future[Reply]] = {}
+        self._placed: dict[tuple[str, str], TaskSpec] = {}
+        self._excluded: dict[str, set[str]] = {}  # job id -> nodes whose preparation failed
+        self._stopping = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        prefix = self.topics.prefix
+        self._transport = MqttTransport(
+            brokers=parse_broker_urls(broker_url),
+            options=SessionOptions(identifier=f"node-agent-client-{self.client_id}", persistent=False),
+            on_message=self._on_message,
+            subscriptions=(
+                self.topics.replies(self.client_id),
+                f"{prefix}/nodes/+/state",
+                f"{prefix}/nodes/+/events",
+                f"{prefix}/jobs/+",
+                f"{prefix}/jobs/+/tasks/+",
+                f"{prefix}/jobs/+/nodes/+",
+            ),
+        )
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._runner = asyncio.create_task(self._transport.run(self._stopping), name="batch-client-mqtt")
+        connected = asyncio.create_task(self._transport.connected.wait())
+        await asyncio.wait(
+            {connected, self._runner}, timeout=self.command_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not connected.done():
+            connected.cancel()
+            await self.__aexit__(None, None, None)
+            raise ConnectionError("cannot reach the MQTT broker")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._transport.flush(timeout_s=5)
+        for task in list(self._background):
+            task.cancel()
+        self._stopping.set()
+        if self._runner is not None:
+            await asyncio.wait({self._runner}, timeout=10)
+
+    # -- incoming ----------------------------------------------------------------------------------------
+
+    async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        levels = self.topics.levels(topic) or []
+        try:
+            self._apply(levels, payload)
+        except ValidationError as exc:
+            log.warning("client.invalid_payload", topic=topic, error=str(exc)[:200])
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _apply(self, levels: list[str], payload: bytes) -> None:
+        view = self.view
+        match levels:
+            case ["clients", _, "replies"]:
+                reply = Reply.model_validate_json(payload)
+                future = self._replies.pop(reply.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+            case ["nodes", node_id, "state"]:
+                _store(view.nodes, node_id, NodeState, payload)
+            case ["nodes", _, "events"]:
+                self._on_event(Event.model_validate_json(payload))
+            case ["jobs", job_id]:
+                _store(view.jobs, job_id, Job, payload)
+            case ["jobs", job_id, "tasks", task_id]:
+                _store(view.tasks, (job_id, task_id), Task, payload)
+            case ["jobs", job_id, "nodes", node_id]:
+                _store(
+                    view.prep_release,
+                    (job_id, node_id),
+                    JobPreparationAndReleaseTaskExecutionInformation,
+                    payload,
+                )
+
+    def _on_event(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        if event.type != "taskHandedBack" or event.job_id is None or event.task_id is None:
+            return
+        spec = self._placed.get((event.job_id, event.task_id))
+        if spec is None:
+            return
+        if event.code == "JobPreparationTaskFailed":
+            self._excluded.setdefault(event.job_id, set()).add(event.node_id)
+        task = asyncio.create_task(self._replace(event.job_id, spec, event.node_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _replace(self, job_id: str, spec: TaskSpec, from_node: str) -> None:
+        try:
+            task = await self.add_task(job_id, spec, exclude={from_node})
+            log.info(
+                "client.task_replaced",
+                job_id=job_id,
+                task_id=spec.id,
+                node_id=task.node_info and task.node_info.node_id,
+            )
+        except (NoNodeAvailable, CommandError, TimeoutError) as exc:
+            log.warning("client.task_not_replaced", job_id=job_id, task_id=spec.id, error=str(exc))
+
+    async def wait_until(self, predicate: Callable[[], T | None], timeout_s: float) -> T:
+        """Wait until ``predicate()`` returns something truthy, re-checking on every message."""
+        async with asyncio.timeout(timeout_s), self._changed:
+            while not (result := predicate()):
+                await self._changed.wait()
+            return result
+
+    # -- commands ----------------------------------------------------------------------------------------
+
+    async def command(self, node_id: str, body: dict[str, Any]) -> Any:
+        """Send one command to a node and return the result of its reply (CommandError on an error reply)."""
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        message = {**body, "requestId": request_id, "replyTo": self.topics.replies(self.client_id)}
+        self._transport.publish(self.topics.node_commands(node_id), json.dumps(message).encode())
+        try:
+            async with asyncio.timeout(self.command_timeout_s):
+                reply = await future
+        finally:
+            self._replies.pop(request_id, None)
+        if not reply.ok:
+            assert reply.error is not None
+            raise CommandError(node_id, reply.error.code, reply.error.message)
+        return reply.result
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> Job:
+        job = job.model_copy(update={"state": JobState.ACTIVE, "state_transition_time": utcnow()})
+        await self._publish_job(job)
+        return job
+
+    async def _publish_job(self, job: Job) -> None:
+        self.view.jobs[job.id] = job
+        self._transport.publish(self.topics.job(job.id), job.to_json(), retain=True)
+        await self._transport.flush(timeout_s=self.command_timeout_s)
+
+    async def terminate_job(
+        self, job_id: str, reason: str = "UserTerminate", *, timeout_s: float = 120
+    ) -> Job:
+        """Set the job terminating; once every node that ran preparation released, mark it completed."""
+        job = self._job(job_id)
+        await self._publish_job(
+            job.model_copy(
+                update={
+                    "state": JobState.TERMINATING,
+                    "terminate_reason": reason,
+                    "state_transition_time": utcnow(),
+                }
+            )
+        )
+        await self.wait_until(lambda: self._released(job_id), timeout_s)
+        completed = self._job(job_id).model_copy(
+            update={"state": JobState.COMPLETED, "state_transition_time": utcnow()}
+        )
+        await self._publish_job(completed)
+        return completed
+
+    def _released(self, job_id: str) -> bool:
+        job = self._job(job_id)
+        if job.job_release_task is None:
+            return all(t.state == TaskState.COMPLETED for (j, _), t in self.view.tasks.items() if j == job_id)
+        return all(
+            info.job_release_task_execution_info is not None
+            and info.job_release_task_execution_info.state == SubtaskState.COMPLETED
+            for info in self.prep_release_status(job_id)
+            if info.job_preparation_task_execution_info is not None
+        )
+
+    async def delete_job(self, job_id: str, *, timeout_s: float = 120) -> None:
+        """Set the job deleting; once every node cleaned up, remove its retained document."""
+        job = self._job(job_id)
+        await self._publish_job(
+            job.model_copy(update={"state": JobState.DELETING, "state_transition_time": utcnow()})
+        )
+        await self.wait_until(lambda: not self.prep_release_status(job_id) or None, timeout_s)
+        self.view.jobs.pop(job_id, None)
+        self._transport.publish(self.topics.job(job_id), b"", retain=True)
+        await self._transport.flush(timeout_s=self.command_timeout_s)
+
+    def _job(self, job_id: str) -> Job:
+        job = self.view.jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id!r} is unknown to this client")
+        return job
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self.view.jobs.get(job_id)
+
+    def prep_release_status(self, job_id: str) -> list[JobPreparationAndReleaseTaskExecutionInformation]:
+        """Azure's ListPreparationAndReleaseTaskStatus: one entry per node that ran the job's preparation."""
+        return [info for (j, _), info in sorted(self.view.prep_release.items()) if j == job_id]
+
+    # -- tasks ---------------------------------------------------------------------------------------------
+
+    async def add_task(
+        self, job_id: str, task: TaskSpec, *, node_id: str | None = None, exclude: Iterable[str] = ()
+    ) -> Task:
+        """Add a task to ``node_id``, or to the least-loaded node; refused nodes are skipped in turn."""
+        self._placed[(job_id, task.id)] = task
+        if node_id is not None:
+            return await self._add_on(node_id, job_id, task)
+        skipped = set(exclude) | self._excluded.get(job_id, set())
+        while True:
+            target = self.pick_node(skipped)
+            try:
+                return await self._add_on(target, job_id, task)
+            except CommandError as exc:
+                if exc.code not in RETRY_ELSEWHERE:
+                    raise
+                skipped.add(target)
+
+    async def _add_on(self, node_id: str, job_id: str, task: TaskSpec) -> Task:
+        body = {
+            "type": "addTask",
+            "jobId": job_id,
+            "task": task.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+        added = Task.model_validate(await self.command(node_id, body))
+        self.view.tasks[(job_id, task.id)] = added
+        return added
+
+    def pick_node(self, skipped: Iterable[str] = ()) -> str:
+        """The placeable node with the most free slots, counting tasks placed and not yet completed."""
+        skip = set(skipped)
+        load: dict[str, int] = {}
+        for task in self.view.tasks.values():
+            if task.node_info is not None and task.state != TaskState.COMPLETED:
+                load[task.node_info.node_id] = load.get(task.node_info.node_id, 0) + 1
+        candidates = [
+            (state.task_slots - load.get(node_id, 0), node_id)
+            for node_id, state in sorted(self.view.nodes.items())
+            if node_id not in skip and state.state in PLACEABLE and state.scheduling_state == "enabled"
+        ]
+        if not candidates:
+            raise NoNodeAvailable("no node is idle or running with scheduling enabled")
+        best = max(free for free, _ in candidates)
+        return next(node_id for free, node_id in candidates if free == best)
+
+    async def terminate_task(self, job_id: str, task_id: str) -> Task:
+        task = self.view.tasks.get((job_id, task_id))
+        if task is None or task.node_info is None:
+            raise KeyError(f"task {task_id!r} of job {job_id!r} is not on any node")
+        body = {"type": "terminateTask", "jobId": job_id, "taskId": task_id}
+        return Task.model_validate(await self.command(task.node_info.node_id, body))
+
+    def list_tasks(self, job_id: str) -> list[Task]:
+        return [task for (j, _), task in sorted(self.view.tasks.items()) if j == job_id]
+
+    async def wait_for_tasks(
+        self, job_id: str, task_ids: Iterable[str] | None = None, *, timeout_s: float = 300
+    ) -> list[Task]:
+        """Wait until the tasks (default: every task this client added to the job) are completed."""
+        ids = list(task_ids) if task_ids is not None else [t for (j, t) in self._placed if j == job_id]
+
+        def all_completed() -> list[Task] | None:
+            tasks = [self.view.tasks.get((job_id, task_id)) for task_id in ids]
+            done = all(t is not None and t.state == TaskState.COMPLETED for t in tasks)
+            return [t for t in tasks if t is not None] if done else None
+
+        return await self.wait_until(all_completed, timeout_s)
+
+    # -- nodes and files -----------------------------------------------------------------------------------
+
+    def list_nodes(self) -> list[NodeState]:
+        return [state for _, state in sorted(self.view.nodes.items())]
+
+    async def wait_for_nodes(
+        self, node_ids: Iterable[str], *, timeout_s: float = 30, since: Any = None
+    ) -> list[NodeState]:
+        """Wait until each node says idle (and, with ``since``, has a heartbeat at or after that time)."""
+        ids = list(node_ids)
+
+        def ready() -> list[NodeState] | None:
+            states = [self.view.nodes.get(node_id) for node_id in ids]
+            ok = all(
+                s is not None
+                and s.state == NodeStateName.IDLE
+                and (since is None or s.last_heartbeat >= since)
+                for s in states
+            )
+            return states if ok else None  # type: ignore[return-value]
+
+        return await self.wait_until(ready, timeout_s)
+
+    async def list_files(
+        self, node_id: str, path: str = "", *, recursive: bool = False
+    ) -> list[dict[str, Any]]:
+        result = await self.command(node_id, {"type": "listFiles", "path": path, "recursive": recursive})
+        return list(result["value"])
+
+    async def get_file(self, node_id: str, path: str) -> bytes:
+        """Read a whole file through getFile, in chunks of at most 512 KiB."""
+        chunks: list[bytes] = []
+        offset = 0
+        while True:
+            body = {"type": "getFile", "path": path, "offset": offset, "length": GET_FILE_MAX_LENGTH}
+            result = await self.command(node_id, body)
+            chunk = base64.b64decode(result["content"])
+            chunks.append(chunk)
+            offset += len(chunk)
+            if result["eof"] or not chunk:
+                return b"".join(chunks)
+
+
+def _store(cache: dict[Any, Any], key: Any, model: type[M], payload: bytes) -> None:
+    if not payload:
+        cache.pop(key, None)
+        return
+    if isinstance(key, str) and not is_valid_id(key):
+        return
+    cache[key] = model.model_validate_json(payload)

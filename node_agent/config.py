@@ -1,0 +1,120 @@
+"""AgentSettings: every setting of PROTOCOL.md's "Running an agent" table, from TOML and NODE_AGENT_* variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from node_agent.errors import ConfigError
+from node_agent.ids import Id, sanitize_id
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_broker_urls(value: str) -> list[BrokerAddress]:
+    """Parse ``mqtt://[user:password@]host[:port]`` (comma-separated for a clustered broker)."""
+    addresses = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        url = urlsplit(item)
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+            raise ValueError(f"broker url {item!r} is invalid: use mqtt://host[:port] or mqtts://host[:port]")
+        tls = url.scheme == "mqtts"
+        addresses.append(
+            BrokerAddress(
+                host=url.hostname,
+                port=url.port or (8883 if tls else 1883),
+                tls=tls,
+                username=unquote(url.username) if url.username else None,
+                password=unquote(url.password) if url.password else None,
+            )
+        )
+    if not addresses:
+        raise ValueError("no broker url given")
+    return addresses
+
+
+class AgentSettings(BaseSettings):
+    """Resolved once at start and passed down; the environment wins over the TOML file."""
+
+    model_config = SettingsConfigDict(env_prefix="NODE_AGENT_", extra="forbid", frozen=True)
+
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = Field(default="batch", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    node_id: Id = Field(default_factory=lambda: sanitize_id(socket.gethostname()))
+    pool_id: Id = "default"
+    root: Path = Path("/var/lib/node-agent")
+    state_dir: Path | None = None
+    task_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+    retention_sweep_interval: timedelta = timedelta(minutes=1)
+    heartbeat_interval: timedelta = timedelta(seconds=30)
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    job_wait: timedelta = timedelta(seconds=10)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _valid_broker_url(cls, value: str) -> str:
+        parse_broker_urls(value)
+        return value
+
+    @field_validator("root", "state_dir", "boot_id_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.absolute() if value is not None else None
+
+    @property
+    def brokers(self) -> list[BrokerAddress]:
+        return parse_broker_urls(self.broker_url)
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or self.root.parent / "node-agent-state"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: a NODE_AGENT_* variable wins over the TOML file (passed as init values).
+        return (env_settings, init_settings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Read the TOML file (if any) and the environment; raise ConfigError with a one-line reason."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+    values.update(overrides)
+    try:
+        return AgentSettings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc

@@ -1,0 +1,1 @@
+"""Running one command line as a process tree: spawn, environment, limits, kill."""

@@ -1,0 +1,117 @@
+"""Spawn a command line without a shell, enforce its wall-clock limit, and kill its whole process tree."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import structlog
+
+from node_agent.errors import TaskFailure
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    command_line: str
+    cwd: Path
+    env: dict[str, str]
+    stdout: Path
+    stderr: Path
+    max_wall_clock: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExitResult:
+    exit_code: int
+    timed_out: bool = False
+    killed: bool = False  # ended on request: terminateTask, job end, agent shutdown
+
+
+def split_command_line(command_line: str) -> list[str]:
+    try:
+        argv = shlex.split(command_line)
+    except ValueError as exc:
+        raise TaskFailure("CommandLaunchFailed", f"commandLine cannot be parsed: {exc}") from exc
+    if not argv:
+        raise TaskFailure("CommandLaunchFailed", "commandLine is empty")
+    return argv
+
+
+def _open_outputs(spec: ProcessSpec) -> tuple[int, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    return os.open(spec.stdout, flags, 0o644), os.open(spec.stderr, flags, 0o644)
+
+
+async def _spawn(spec: ProcessSpec, argv: list[str]) -> asyncio.subprocess.Process:
+    out_fd, err_fd = await asyncio.to_thread(_open_outputs, spec)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=spec.cwd,
+            env=spec.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=err_fd,
+            start_new_session=True,  # own process group: the tree can be killed as one
+        )
+    except FileNotFoundError as exc:
+        raise TaskFailure("CommandProgramNotFound", f"program {argv[0]!r} was not found: {exc}") from exc
+    except OSError as exc:
+        raise TaskFailure("CommandLaunchFailed", f"program {argv[0]!r} could not start: {exc}") from exc
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+
+
+def kill_tree(pid: int) -> int:
+    """SIGKILL the process, its process group and every descendant psutil can see; returns the count."""
+    victims: list[psutil.Process] = []
+    try:
+        root = psutil.Process(pid)
+        victims = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(victims)
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode  # -9 -> 137, as a Linux shell reports it
+
+
+async def run_process(spec: ProcessSpec, kill: asyncio.Event) -> ExitResult:
+    """Run to completion, or until the limit passes or ``kill`` is set; the tree is dead on return."""
+    argv = split_command_line(spec.command_line)
+    proc = await _spawn(spec, argv)
+    log.debug("process.started", pid=proc.pid, program=argv[0])
+    waiter = asyncio.ensure_future(proc.wait())
+    killer = asyncio.ensure_future(kill.wait())
+    limit = spec.max_wall_clock.total_seconds() if spec.max_wall_clock else None
+    try:
+        done, _ = await asyncio.wait({waiter, killer}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            return ExitResult(_exit_code(waiter.result()))
+        killed = await asyncio.to_thread(kill_tree, proc.pid)
+        log.info("process.killed", pid=proc.pid, processes=killed, timed_out=killer not in done)
+        return ExitResult(_exit_code(await proc.wait()), timed_out=killer not in done, killed=killer in done)
+    finally:
+        killer.cancel()
+        if proc.returncode is None:  # cancelled (agent shutdown): never leave the tree behind
+            await asyncio.shield(asyncio.to_thread(kill_tree, proc.pid))
+            await asyncio.shield(waiter)

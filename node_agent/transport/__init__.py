@@ -1,0 +1,1 @@
+"""MQTT transport shared by the agent and the client library."""

@@ -1,0 +1,160 @@
+"""One MQTT session over aiomqtt: reconnect with jittered backoff, ordered outbox, TCP_NODELAY."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import cycle
+
+import aiomqtt
+import structlog
+
+from node_agent.config import BrokerAddress
+
+log = structlog.get_logger(__name__)
+
+MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    identifier: str
+    persistent: bool  # clean session off: commands sent while we are away are queued by the broker
+    will: Outgoing | None = None
+    keepalive_s: int = 30
+    backoff_max_s: float = 10.0
+
+
+@dataclass(slots=True)
+class MqttTransport:
+    """Publishes through an in-memory, ordered outbox, so a broker outage delays messages but loses none."""
+
+    brokers: Sequence[BrokerAddress]
+    options: SessionOptions
+    on_message: MessageHandler
+    subscriptions: Sequence[str] = ()
+    on_connected: Callable[[], Awaitable[None]] | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
+    _pending: Outgoing | None = None
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Queue a QoS 1 message; it is sent in order once (and whenever) the broker is reachable."""
+        self._outbox.put_nowait(Outgoing(topic, payload, retain))
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued message has been acknowledged by the broker."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._outbox.join()
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Stay connected until ``stopping`` is set; reconnect with jittered backoff on failure."""
+        delay = 0.2
+        for broker in cycle(self.brokers):
+            if stopping.is_set():
+                return
+            try:
+                await self._session(broker, stopping)
+                return
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                log.warning("mqtt.disconnected", host=broker.host, port=broker.port, error=str(exc))
+            delay = min(delay * 2, self.options.backoff_max_s)
+            await _wait_or_stop(stopping, delay * random.uniform(0.5, 1.0))
+
+    async def _session(self, broker: BrokerAddress, stopping: asyncio.Event) -> None:
+        async with self._client(broker) as client:
+            for topic in self.subscriptions:
+                await client.subscribe(topic, qos=1)
+            self.connected.set()
+            log.info("mqtt.connected", host=broker.host, port=broker.port)
+            if self.on_connected is not None:
+                await self.on_connected()
+            # Two loops owned here, not a TaskGroup: a TaskGroup would wrap MqttError in an ExceptionGroup,
+            # and the reconnect loop in run() is the one place that handles it.
+            receiver = asyncio.create_task(self._receive(client), name="mqtt-receive")
+            sender = asyncio.create_task(self._send(client, stopping), name="mqtt-send")
+            try:
+                await _first_of(stopping, receiver, sender)
+            finally:
+                self.connected.clear()
+                await _cancel_and_wait(receiver, sender)
+
+    def _client(self, broker: BrokerAddress) -> aiomqtt.Client:
+        will = self.options.will
+        return aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=self.options.identifier,
+            username=broker.username,
+            password=broker.password,
+            clean_session=not self.options.persistent,
+            keepalive=self.options.keepalive_s,
+            tls_context=ssl.create_default_context() if broker.tls else None,
+            will=aiomqtt.Will(will.topic, will.payload, qos=1, retain=will.retain) if will else None,
+            socket_options=[NODELAY],
+            timeout=10,
+        )
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            await self.on_message(message.topic.value, payload, message.retain)
+
+    async def _send(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            if self._pending is None:
+                self._pending = await self._outbox.get()
+            item = self._pending
+            await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+            self._pending = None
+            self._outbox.task_done()
+
+
+async def _wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
+    try:
+        async with asyncio.timeout(delay_s):
+            await stopping.wait()
+    except TimeoutError:
+        pass
+
+
+async def _cancel_and_wait(*tasks: asyncio.Task[None]) -> None:
+    """Cancel until done: on Python 3.11 a cancel racing a finishing wait_for (aiomqtt.publish) can be lost."""
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # mark retrieved; the error was already raised by _first_of
+
+
+async def _first_of(stopping: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
+    """Return when stopping is set or any task ends; re-raise a task's error."""
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    for task in done:
+        if task is not stop and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    if not stopping.is_set() and not any(t is stop for t in done):
+        raise aiomqtt.MqttError("connection closed")

@@ -1,0 +1,1 @@
+"""Pydantic models of PROTOCOL.md: the only place JSON shapes are defined."""

@@ -1,0 +1,82 @@
+"""Commands a client sends to P/nodes/{nodeId}/commands and the replies the agent sends back."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from node_agent.ids import Id
+from node_agent.wire.base import Timestamp, WireModel
+from node_agent.wire.specs import TaskSpec
+
+GET_FILE_MAX_LENGTH = 512 * 1024
+
+
+class CommandBase(WireModel):
+    request_id: str = Field(min_length=1, max_length=128)
+    reply_to: str | None = Field(default=None, pattern=r"^[^#+]+$", max_length=512)
+
+
+class AddTask(CommandBase):
+    type: Literal["addTask"]
+    job_id: Id
+    task: TaskSpec
+
+
+class TerminateTask(CommandBase):
+    type: Literal["terminateTask"]
+    job_id: Id
+    task_id: Id
+
+
+class ListFiles(CommandBase):
+    type: Literal["listFiles"]
+    path: str = ""
+    recursive: bool = False
+
+
+class GetFile(CommandBase):
+    type: Literal["getFile"]
+    path: str = Field(min_length=1)
+    offset: int = Field(default=0, ge=0)
+    length: int = Field(default=GET_FILE_MAX_LENGTH, ge=0, le=GET_FILE_MAX_LENGTH)
+
+
+class DisableScheduling(CommandBase):
+    type: Literal["disableScheduling"]
+
+
+class EnableScheduling(CommandBase):
+    type: Literal["enableScheduling"]
+
+
+Command = Annotated[
+    AddTask | TerminateTask | ListFiles | GetFile | DisableScheduling | EnableScheduling,
+    Field(discriminator="type"),
+]
+COMMANDS: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+class ErrorInfo(WireModel):
+    code: str
+    message: str
+
+
+class Reply(WireModel):
+    request_id: str
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+class FileProperties(WireModel):
+    last_modified: Timestamp
+    content_length: int
+    file_mode: str
+
+
+class NodeFile(WireModel):
+    name: str
+    is_directory: bool
+    properties: FileProperties
