@@ -22,7 +22,6 @@ READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 KINDS = ("mosquitto", "amqtt")
 
-_MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _MOSQUITTO_READY = re.compile(r"mosquitto version \S+ running")
 _START_ATTEMPTS = 3  # a fresh port is tried only when the previous one was taken in the meantime
 _PUMP_JOIN_TIMEOUT_S = 2.0
@@ -71,14 +70,8 @@ class _LaunchSpec:
 
 
 def find_mosquitto() -> str | None:
-    """Return the mosquitto executable from PATH or the usual sbin directories, or None."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for candidate in _MOSQUITTO_FALLBACKS:
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """Return the mosquitto executable on PATH, or None (Debian installs it in /usr/sbin)."""
+    return shutil.which("mosquitto")
 
 
 def free_port() -> int:

@@ -27,7 +27,8 @@ async def _broker(url: str | None, workdir: Path, progress: Print) -> AsyncItera
             if broker.kind == "mosquitto"
             else " (embedded fallback: see the README for what it does not promise)"
         )
-        progress(f"started a {broker.kind} broker on {broker.url}{note}")
+        article = "a" if broker.kind == "mosquitto" else "an"
+        progress(f"started {article} {broker.kind} broker on {broker.url}{note}")
         yield broker.url
 
 

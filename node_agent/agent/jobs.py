@@ -12,6 +12,7 @@ Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -158,6 +159,19 @@ class JobManager:
         self.ctx.on_load_change()
 
     async def _work(self, job: NodeJob, run: TaskRun) -> None:
+        try:
+            await self._run_in_slot(job, run)
+        except Exception as exc:  # a node fault (disk, permissions) fails this task, never the agent
+            log.exception("task.agent_error", job_id=run.job_id, task_id=run.task.id)
+            if not run.is_finished:
+                failure = FailureInfo(
+                    category="servererror", code="AgentError", message=f"the agent failed: {exc}"
+                )
+                outcome = Outcome(end_time=utcnow(), result=TaskResult.FAILURE, failure_info=failure)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._complete(run, outcome))
+
+    async def _run_in_slot(self, job: NodeJob, run: TaskRun) -> None:
         async with self.slots:
             assert job.doc is not None
             prep = job.doc.job_preparation_task

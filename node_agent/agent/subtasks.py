@@ -71,6 +71,13 @@ class Subtasks:
         return job.prep is not None and job.prep.result == TaskResult.SUCCESS
 
     async def _prepare(self, job: NodeJob) -> bool:
+        try:
+            return await self._run_preparation(job)
+        except Exception:  # a node fault fails the preparation (its tasks are handed back), not the agent
+            log.exception("prep.agent_error", job_id=job.id)
+            return False
+
+    async def _run_preparation(self, job: NodeJob) -> bool:
         assert job.doc is not None and job.doc.job_preparation_task is not None
         spec = job.doc.job_preparation_task
         task_dir = self.ctx.layout.task_dir(job.id, spec.id)
@@ -172,6 +179,12 @@ class Subtasks:
             job.ending = self.ctx.group.create_task(self._finish(job), name=f"end-{job.id}")
 
     async def _finish(self, job: NodeJob) -> None:
+        try:
+            await self._end_tasks_and_release(job)
+        except Exception:  # a node fault must not stop the agent; the job's end is retried on restart
+            log.exception("job.end_failed", job_id=job.id)
+
+    async def _end_tasks_and_release(self, job: NodeJob) -> None:
         for run in list(job.tasks.values()):
             await self.manager.end_task(run, "the job was terminated")
         if job.prep_run is not None and not job.prep_run.done():

@@ -23,14 +23,15 @@ task_app = typer.Typer(no_args_is_help=True, help="Add and list tasks.")
 files_app = typer.Typer(no_args_is_help=True, help="Read files on a node (getFile/listFiles).")
 
 BrokerOption = Annotated[str, typer.Option("--broker", envvar="NODE_AGENT_BROKER_URL", help="Broker URL.")]
-PrefixOption = Annotated[str, typer.Option("--prefix", envvar="NODE_AGENT_TOPIC_PREFIX", help="Topic prefix.")]
+PrefixOption = Annotated[
+    str, typer.Option("--prefix", envvar="NODE_AGENT_TOPIC_PREFIX", help="Topic prefix.")
+]
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
 def _run(broker: str, prefix: str, action: Callable[[BatchClient], Awaitable[T]]) -> T:
     async def main() -> T:
         async with BatchClient(broker, topic_prefix=prefix) as client:
-            await _settle(client)
             return await action(client)
 
     try:
@@ -41,13 +42,6 @@ def _run(broker: str, prefix: str, action: Callable[[BatchClient], Awaitable[T]]
     except (KeyError, TimeoutError, ConnectionError) as exc:
         err.print(f"[red]error[/red] {str(exc) or type(exc).__name__}")
         raise typer.Exit(1) from None
-
-
-async def _settle(client: BatchClient) -> None:
-    """Let the retained messages arrive: a round trip to the broker after subscribing delivers them first."""
-    probe = f"{client.topics.prefix}/clients/{client.client_id}/replies"
-    client._transport.publish(probe, b'{"requestId":"settle","ok":true}')
-    await client._transport.flush(timeout_s=5)
 
 
 def _print_json(value: Any) -> None:
@@ -63,7 +57,9 @@ def job_create(
     job_id: str,
     prep: Annotated[str | None, typer.Option(help="Job preparation command line.")] = None,
     release: Annotated[str | None, typer.Option(help="Job release command line.")] = None,
-    json_file: Annotated[Path | None, typer.Option("--json", help="Whole Job document (JSON) instead.")] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Whole Job document (JSON) instead.")
+    ] = None,
     broker: BrokerOption = DEFAULT_BROKER,
     prefix: PrefixOption = "batch",
 ) -> None:
@@ -105,8 +101,9 @@ def job_delete(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: Prefi
 
 
 @job_app.command("prep-release-status")
-def job_prep_release_status(job_id: str, broker: BrokerOption = DEFAULT_BROKER,
-                            prefix: PrefixOption = "batch") -> None:
+def job_prep_release_status(
+    job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch"
+) -> None:
     """Preparation and release task status on each node that ran the job's preparation."""
 
     async def status(client: BatchClient) -> Any:
@@ -140,8 +137,13 @@ def task_list(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: Prefix
     for task in _run(broker, prefix, tasks):
         info = task.execution_info
         node = task.node_info.node_id if task.node_info else ""
-        table.add_row(task.id, task.state, node, str(info.exit_code if info.exit_code is not None else ""),
-                      str(info.result or ""))
+        table.add_row(
+            task.id,
+            task.state,
+            node,
+            str(info.exit_code if info.exit_code is not None else ""),
+            str(info.result or ""),
+        )
     Console().print(table)
 
 
@@ -153,27 +155,43 @@ def nodes(broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch")
 
     table = Table("node", "state", "scheduling", "slots", "running", "boot id", "last heartbeat")
     for state in _run(broker, prefix, states):
-        table.add_row(state.node_id, state.state, state.scheduling_state, str(state.task_slots),
-                      str(state.running_task_slots_count), state.boot_id[:12], state.last_heartbeat.isoformat())
+        table.add_row(
+            state.node_id,
+            state.state,
+            state.scheduling_state,
+            str(state.task_slots),
+            str(state.running_task_slots_count),
+            state.boot_id[:12],
+            state.last_heartbeat.isoformat(),
+        )
     Console().print(table)
 
 
 @files_app.command("get")
-def files_get(node_id: str, path: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch") -> None:
+def files_get(
+    node_id: str, path: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch"
+) -> None:
     """Print a file of a node (path relative to the node root)."""
     data = _run(broker, prefix, lambda c: c.get_file(node_id, path))
     sys.stdout.buffer.write(data)
 
 
 @files_app.command("list")
-def files_list(node_id: str, path: str = "", recursive: bool = False, broker: BrokerOption = DEFAULT_BROKER,
-               prefix: PrefixOption = "batch") -> None:
+def files_list(
+    node_id: str,
+    path: str = "",
+    recursive: bool = False,
+    broker: BrokerOption = DEFAULT_BROKER,
+    prefix: PrefixOption = "batch",
+) -> None:
     """List files of a node (path relative to the node root)."""
     _print_json(_run(broker, prefix, lambda c: c.list_files(node_id, path, recursive=recursive)))
 
 
 def demo(
-    broker: Annotated[str | None, typer.Option("--broker", help="Use this broker instead of starting one.")] = None,
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="Use this broker instead of starting one.")
+    ] = None,
     nodes_count: Annotated[int, typer.Option("--nodes", min=1, max=20)] = 2,
     tasks: Annotated[int, typer.Option("--tasks", min=0, max=999)] = 8,
 ) -> None:

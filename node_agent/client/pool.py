@@ -109,7 +109,21 @@ class BatchClient:
             connected.cancel()
             await self.__aexit__(None, None, None)
             raise ConnectionError("cannot reach the MQTT broker")
+        await self.sync()
         return self
+
+    async def sync(self) -> None:
+        """Round trip through the broker: every retained message of our subscriptions has arrived after it."""
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        probe = Reply(request_id=request_id, ok=True).to_json()
+        self._transport.publish(self.topics.replies(self.client_id), probe)
+        try:
+            async with asyncio.timeout(self.command_timeout_s):
+                await future
+        finally:
+            self._replies.pop(request_id, None)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
