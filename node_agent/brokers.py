@@ -130,7 +130,7 @@ def _mosquitto_spec(workdir: Path, port: int) -> _LaunchSpec:
     binary = find_mosquitto()
     if binary is None:
         raise BrokerUnavailable(
-            "mosquitto is not installed (looked on PATH, /usr/sbin and /usr/local/sbin); "
+            "mosquitto is not installed (looked on PATH; Debian installs it in /usr/sbin); "
             "install it with `apt-get install mosquitto`, or use the embedded broker (kind='amqtt')"
         )
     conf = workdir / "mosquitto.conf"
@@ -185,11 +185,11 @@ def _launch(spec: _LaunchSpec) -> tuple[subprocess.Popen[str], _OutputPump]:
     return proc, _OutputPump(proc.stdout, spec.log_path)
 
 
-def _start(kind: str, workdir: Path) -> tuple[subprocess.Popen[str], _OutputPump, int]:
-    """Start the broker on a free port and wait (bounded) for its readiness line."""
+def _start(kind: str, workdir: Path, fixed_port: int | None) -> tuple[subprocess.Popen[str], _OutputPump, int]:
+    """Start the broker on ``fixed_port`` or a free port and wait (bounded) for its readiness line."""
     build = _mosquitto_spec if kind == "mosquitto" else _amqtt_spec
-    for _ in range(_START_ATTEMPTS):
-        port = free_port()
+    for _ in range(1 if fixed_port else _START_ATTEMPTS):
+        port = fixed_port or free_port()
         spec = build(workdir, port)
         proc, pump = _launch(spec)
         try:
@@ -217,11 +217,14 @@ def _resolve_kind(kind: str | None) -> str:
 
 
 @contextlib.contextmanager
-def running_broker(workdir: Path, *, kind: str | None = None) -> Iterator[BrokerHandle]:
-    """Run a loopback broker for the duration of the block; kind=None prefers mosquitto over amqtt."""
+def running_broker(workdir: Path, *, kind: str | None = None, port: int | None = None) -> Iterator[BrokerHandle]:
+    """Run a loopback broker for the duration of the block; kind=None prefers mosquitto over amqtt.
+
+    ``port`` restarts a broker where an earlier one listened (tests of reconnection); default: a free port.
+    """
     resolved = _resolve_kind(kind)
     workdir.mkdir(parents=True, exist_ok=True)
-    proc, pump, port = _start(resolved, workdir)
+    proc, pump, port = _start(resolved, workdir, port)
     try:
         yield BrokerHandle(url=f"mqtt://{HOST}:{port}", port=port, kind=resolved)
     finally:

@@ -12,10 +12,20 @@ from pathlib import Path
 
 import structlog
 
+from node_agent.agent.layout import NodeLayout
 from node_agent.errors import TaskFailure
+from node_agent.runner.environment import task_environment
 from node_agent.runner.process import ExitResult, ProcessSpec, run_process
 from node_agent.wire.base import utcnow
-from node_agent.wire.specs import ResourceFile, UserIdentity
+from node_agent.wire.specs import (
+    EnvironmentSetting,
+    Job,
+    JobPreparationTask,
+    JobReleaseTask,
+    ResourceFile,
+    TaskSpec,
+    UserIdentity,
+)
 from node_agent.wire.status import FailureInfo, TaskResult
 
 log = structlog.get_logger(__name__)
@@ -32,6 +42,32 @@ class AttemptPlan:
     max_task_retry_count: int  # -1: no limit
     resource_files: Sequence[ResourceFile] = ()
     user_identity: UserIdentity | None = None
+
+
+Definition = TaskSpec | JobPreparationTask | JobReleaseTask
+
+
+def plan_for(
+    layout: NodeLayout, job: Job, task: Definition, *, max_wall_clock: timedelta | None, retries: int
+) -> AttemptPlan:
+    """The plan of one of the job's tasks: its directory, and its environment in Azure Batch's order."""
+    prep = job.job_preparation_task
+    variables = layout.batch_variables(job.id, task.id, prep.id if prep else None)
+    return AttemptPlan(
+        command_line=task.command_line,
+        task_dir=layout.task_dir(job.id, task.id),
+        env=task_environment(
+            variables, _pairs(job.common_environment_settings), _pairs(task.environment_settings)
+        ),
+        max_wall_clock=max_wall_clock,
+        max_task_retry_count=retries,
+        resource_files=task.resource_files,
+        user_identity=task.user_identity,
+    )
+
+
+def _pairs(settings: Sequence[EnvironmentSetting]) -> list[tuple[str, str]]:
+    return [(setting.name, setting.value) for setting in settings]
 
 
 @dataclass(slots=True)

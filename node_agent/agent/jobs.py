@@ -18,15 +18,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from node_agent.agent.attempts import AttemptPlan, Outcome, run_to_end
+from node_agent.agent.attempts import AttemptPlan, Outcome, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import InputError
-from node_agent.runner.environment import task_environment
 from node_agent.store.records import RecordStore
 from node_agent.wire.base import utcnow
-from node_agent.wire.specs import EnvironmentSetting, Job, JobState, TaskSpec
+from node_agent.wire.specs import Job, JobState, TaskSpec
 from node_agent.wire.status import FailureInfo, NodeInfo, Task, TaskExecutionInfo, TaskResult, TaskState
 
 log = structlog.get_logger(__name__)
@@ -185,26 +184,21 @@ class JobManager:
                 self.subtasks.start_preparation(job)
             start = utcnow()
             self._set_state(run, TaskState.RUNNING, execution_info=TaskExecutionInfo(start_time=start))
-            outcome = await run_to_end(self._plan(job, run.spec), run.kill, self._retry_reporter(run))
+            outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run))
         if run.requeue_code is not None:
             await self.hand_back(run, run.requeue_code, "the agent stopped while the task ran")
             return
         await asyncio.shield(self._complete(run, outcome))
 
-    def _plan(self, job: NodeJob, spec: TaskSpec) -> AttemptPlan:
+    def _plan(self, job: NodeJob, run: TaskRun) -> AttemptPlan:
         assert job.doc is not None
-        prep = job.doc.job_preparation_task
-        variables = self.ctx.layout.batch_variables(job.id, spec.id, prep.id if prep else None)
-        return AttemptPlan(
-            command_line=spec.command_line,
-            task_dir=self.ctx.layout.task_dir(job.id, spec.id),
-            env=task_environment(
-                variables, pairs(job.doc.common_environment_settings), pairs(spec.environment_settings)
-            ),
-            max_wall_clock=spec.constraints.max_wall_clock_time,
-            max_task_retry_count=spec.constraints.max_task_retry_count,
-            resource_files=spec.resource_files,
-            user_identity=spec.user_identity,
+        constraints = run.spec.constraints
+        return plan_for(
+            self.ctx.layout,
+            job.doc,
+            run.spec,
+            max_wall_clock=constraints.max_wall_clock_time,
+            retries=constraints.max_task_retry_count,
         )
 
     def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:
@@ -314,10 +308,6 @@ class JobManager:
         if workers:
             await asyncio.wait(workers)
         await self.subtasks.stop()
-
-
-def pairs(settings: list[EnvironmentSetting]) -> list[tuple[str, str]]:
-    return [(setting.name, setting.value) for setting in settings]
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from node_agent.agent.attempts import AttemptPlan, Outcome, run_to_end
-from node_agent.runner.environment import task_environment
+from node_agent.agent.attempts import Outcome, plan_for, run_to_end
 from node_agent.wire.base import utcnow
 from node_agent.wire.status import (
     JobPreparationTaskExecutionInformation,
@@ -88,15 +87,12 @@ class Subtasks:
         job.prep_blocked = False
         await self._record(job)
         log.info("prep.started", job_id=job.id)
-        plan = self._plan(
-            job,
-            spec.id,
-            spec.command_line,
-            spec.environment_settings,
-            spec.constraints.max_wall_clock_time,
-            spec.constraints.max_task_retry_count,
-            spec.resource_files,
-            spec.user_identity,
+        plan = plan_for(
+            self.ctx.layout,
+            job.doc,
+            spec,
+            max_wall_clock=spec.constraints.max_wall_clock_time,
+            retries=spec.constraints.max_task_retry_count,
         )
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
         job.prep = JobPreparationTaskExecutionInformation(
@@ -141,33 +137,6 @@ class Subtasks:
         await self.manager.save_job(job)
         self.ctx.publisher.job_node(job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id))
 
-    def _plan(
-        self,
-        job: NodeJob,
-        task_id: str,
-        command_line: str,
-        settings: list,
-        max_wall_clock,  # type: ignore[no-untyped-def, type-arg]
-        retries: int,
-        resource_files: list,
-        identity,
-    ) -> AttemptPlan:  # type: ignore[type-arg]
-        from node_agent.agent.jobs import pairs
-
-        assert job.doc is not None
-        prep = job.doc.job_preparation_task
-        variables = self.ctx.layout.batch_variables(job.id, task_id, prep.id if prep else None)
-        common = pairs(job.doc.common_environment_settings)
-        return AttemptPlan(
-            command_line=command_line,
-            task_dir=self.ctx.layout.task_dir(job.id, task_id),
-            env=task_environment(variables, common, pairs(settings)),
-            max_wall_clock=max_wall_clock,
-            max_task_retry_count=retries,
-            resource_files=resource_files,
-            user_identity=identity,
-        )
-
     # -- end of a job --------------------------------------------------------------------------------------
 
     def end_job(self, job: NodeJob, *, deleting: bool) -> None:
@@ -206,16 +175,7 @@ class Subtasks:
         )
         await self._record(job)
         log.info("release.started", job_id=job.id)
-        plan = self._plan(
-            job,
-            spec.id,
-            spec.command_line,
-            spec.environment_settings,
-            spec.max_wall_clock_time,
-            0,
-            spec.resource_files,
-            spec.user_identity,
-        )
+        plan = plan_for(self.ctx.layout, job.doc, spec, max_wall_clock=spec.max_wall_clock_time, retries=0)
         outcome = await run_to_end(plan, asyncio.Event())
         job.release = JobReleaseTaskExecutionInformation(
             start_time=outcome.start_time,

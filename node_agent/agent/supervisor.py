@@ -67,18 +67,18 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
     transport = MqttTransport(
         brokers=settings.brokers,
         options=SessionOptions(
-            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}", persistent=True
+            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
+            persistent=True,
+            will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
         ),
         on_message=_not_ready,
         subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
     )
     publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
     reporter = NodeStateReporter(publisher, str(settings.root), settings.task_slots, boot_id)
-    offline = reporter.build(NodeStateName.OFFLINE)
-    transport.options = SessionOptions(
-        identifier=transport.options.identifier,
-        persistent=True,
-        will=Outgoing(topics.node_state(settings.node_id), offline.to_json(), retain=True),
+    # The last will: the broker publishes this retained "offline" state if the agent vanishes.
+    transport.options.will = Outgoing(
+        topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
     )
     async with asyncio.TaskGroup() as group:
         manager: JobManager | None = None

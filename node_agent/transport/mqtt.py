@@ -28,7 +28,7 @@ class Outgoing:
     retain: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionOptions:
     identifier: str
     persistent: bool  # clean session off: commands sent while we are away are queued by the broker
