@@ -33,11 +33,11 @@ def run(config: ConfigOption = None) -> None:
         settings = load_settings(config)
         configure_logging(settings.log_level, settings.log_format)
         asyncio.run(serve(settings))
-    except ConfigError as exc:
-        typer.echo(f"node-agent: {exc}", err=True)
+    except* ConfigError as group:
+        typer.echo(f"node-agent: {group.exceptions[0]}", err=True)
         raise typer.Exit(2) from None
-    except StoreCorrupt as exc:
-        typer.echo(f"node-agent: {exc}", err=True)
+    except* StoreCorrupt as group:
+        typer.echo(f"node-agent: {group.exceptions[0]}", err=True)
         raise typer.Exit(3) from None
 
 

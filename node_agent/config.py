@@ -1,4 +1,4 @@
-"""AgentSettings: every setting of PROTOCOL.md's "Running an agent" table, from TOML and NODE_AGENT_* variables."""
+"""AgentSettings: PROTOCOL.md's "Running an agent" table and a few more, from TOML and NODE_AGENT_* variables."""
 
 from __future__ import annotations
 

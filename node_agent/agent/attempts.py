@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
+import pwd
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,10 +13,11 @@ from pathlib import Path
 import structlog
 
 from node_agent.agent.layout import NodeLayout
+from node_agent.agent.processes import ProcessTracker
 from node_agent.errors import TaskFailure
 from node_agent.runner.environment import task_environment
 from node_agent.runner.process import ExitResult, ProcessSpec, run_process
-from node_agent.wire.base import utcnow
+from node_agent.wire.base import iso_duration, utcnow
 from node_agent.wire.specs import (
     EnvironmentSetting,
     Job,
@@ -42,13 +43,20 @@ class AttemptPlan:
     max_task_retry_count: int  # -1: no limit
     resource_files: Sequence[ResourceFile] = ()
     user_identity: UserIdentity | None = None
+    tracker: ProcessTracker | None = None
 
 
 Definition = TaskSpec | JobPreparationTask | JobReleaseTask
 
 
 def plan_for(
-    layout: NodeLayout, job: Job, task: Definition, *, max_wall_clock: timedelta | None, retries: int
+    layout: NodeLayout,
+    job: Job,
+    task: Definition,
+    *,
+    max_wall_clock: timedelta | None,
+    retries: int,
+    tracker: ProcessTracker | None = None,
 ) -> AttemptPlan:
     """The plan of one of the job's tasks: its directory, and its environment in Azure Batch's order."""
     prep = job.job_preparation_task
@@ -63,6 +71,7 @@ def plan_for(
         max_task_retry_count=retries,
         resource_files=task.resource_files,
         user_identity=task.user_identity,
+        tracker=tracker,
     )
 
 
@@ -81,6 +90,10 @@ class Outcome:
     failure_info: FailureInfo | None = None
 
 
+def _agent_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 def check_supported(plan: AttemptPlan) -> None:
     """Refuse, with a clear failureInfo, what this agent cannot honour yet (never ignore it silently)."""
     if plan.resource_files:
@@ -92,10 +105,10 @@ def check_supported(plan: AttemptPlan) -> None:
     if identity is None:
         return
     is_root = os.geteuid() == 0
-    if identity.user_name is not None and identity.user_name != getpass.getuser():
+    if identity.user_name is not None and identity.user_name != _agent_user():
         raise TaskFailure(
             "UserIdentityNotSupported",
-            f"userName {identity.user_name!r} is not supported yet; this agent runs tasks as {getpass.getuser()!r}",
+            f"userName {identity.user_name!r} is not supported yet; this agent runs tasks as {_agent_user()!r}",
         )
     auto = identity.auto_user
     if auto is not None and (auto.elevation_level == "admin") != is_root:
@@ -116,7 +129,7 @@ def _exit_failure(result: ExitResult, plan: AttemptPlan) -> FailureInfo | None:
         return FailureInfo(
             category="usererror",
             code="TaskEnded",
-            message=f"the task ran longer than its maxWallClockTime ({plan.max_wall_clock}) and was killed",
+            message=f"the task ran longer than its maxWallClockTime ({iso_duration(plan.max_wall_clock or timedelta())}) and was killed",
         )
     if result.killed:
         return FailureInfo(category="usererror", code="TaskEnded", message="the task was terminated")
@@ -157,7 +170,12 @@ async def run_to_end(
                 stderr=plan.task_dir / "stderr.txt",
                 max_wall_clock=plan.max_wall_clock,
             )
-            result = await run_process(spec, kill)
+            tracker = plan.tracker
+            try:
+                result = await run_process(spec, kill, tracker.started if tracker else None)
+            finally:
+                if tracker is not None:
+                    await asyncio.shield(tracker.ended())
             outcome.exit_code = result.exit_code
             outcome.failure_info = _exit_failure(result, plan)
             if not _may_retry(plan, outcome, result):

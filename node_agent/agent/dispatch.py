@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -36,11 +37,22 @@ class Dispatcher:
         self.topics = topics
         self.node_id = node_id
         self.root = manager.ctx.layout.root
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Shutdown: commands still waiting (an addTask waiting for its job document) are answered with
+        NodeShuttingDown, so their clients place the task elsewhere at once."""
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.wait(self._inflight)
 
     async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         levels = self.topics.levels(topic)
         if levels == ["nodes", self.node_id, "commands"]:
-            self.manager.ctx.group.create_task(self._command(payload))
+            task = self.manager.ctx.group.create_task(self._command(payload))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
         elif levels is not None and len(levels) == 2 and levels[0] == "jobs":
             self._job_document(levels[1], payload)
 
@@ -65,6 +77,12 @@ class Dispatcher:
         envelope = _envelope(payload)
         request_id = envelope.get("requestId") if isinstance(envelope.get("requestId"), str) else None
         reply_to = self._reply_topic(envelope.get("replyTo"))
+        if envelope.get("replyTo") is not None and reply_to is None:
+            message = (
+                f"replyTo must be {self.topics.replies('{clientId}')} with a valid clientId; nothing was done"
+            )
+            self._refuse(None, request_id, "InvalidCommand", message)
+            return
         try:
             command = COMMANDS.validate_json(payload)
             result = await self._execute(command)
@@ -72,6 +90,9 @@ class Dispatcher:
             self._refuse(reply_to, request_id, *_validation_error(exc))
         except InputError as exc:
             self._refuse(reply_to, request_id, exc.code, exc.message)
+        except asyncio.CancelledError:
+            self._refuse(reply_to, request_id, "NodeShuttingDown", "the agent is stopping; use another node")
+            raise
         except Exception as exc:  # the per-command boundary: log, reply, keep serving
             log.exception("command.failed", request_id=request_id)
             self._refuse(
@@ -122,7 +143,7 @@ class Dispatcher:
 def _envelope(payload: bytes) -> dict[str, Any]:
     try:
         value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: '[[[[...' nested too deep
         return {}
     return value if isinstance(value, dict) else {}
 

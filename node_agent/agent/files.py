@@ -26,7 +26,10 @@ def resolve_inside(root: Path, relative: str) -> Path:
             "PathNotAllowed", f"path {relative!r} must be relative to the node root, without '..'"
         )
     real_root = root.resolve()
-    target = (real_root / pure).resolve()
+    try:
+        target = (real_root / pure).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop: RuntimeError before Python 3.13
+        raise InputError("PathNotAllowed", f"path {relative!r} cannot be resolved: {exc}") from None
     if target != real_root and not target.is_relative_to(real_root):
         raise InputError("PathNotAllowed", f"path {relative!r} leads outside the node root")
     return target

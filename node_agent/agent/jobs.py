@@ -20,6 +20,7 @@ import structlog
 
 from node_agent.agent.attempts import AttemptPlan, Outcome, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
+from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import InputError
@@ -39,6 +40,7 @@ class NodeContext:
     boot_id: str
     group: asyncio.TaskGroup
     on_load_change: Callable[[], None]
+    processes: ProcessRegistry
 
 
 class JobManager:
@@ -123,12 +125,12 @@ class JobManager:
             raise InputError(
                 "JobNotActive", f"job {job.id!r} is {doc.state}; tasks can be added to active jobs only"
             )
-        reserved = {t.id for t in (doc.job_preparation_task, doc.job_release_task) if t is not None}
-        if spec.id in reserved:
-            raise InputError(
-                "TaskIdSameAsJobPreparationTask",
-                f"task id {spec.id!r} is the id of the job's preparation or release task; choose another id",
-            )
+        for kind, reserved in (("Preparation", doc.job_preparation_task), ("Release", doc.job_release_task)):
+            if reserved is not None and spec.id == reserved.id:  # Azure Batch: TaskIdSameAsJob{kind}Task
+                raise InputError(
+                    f"TaskIdSameAsJob{kind}Task",
+                    f"task id {spec.id!r} is the id of the job's {kind.lower()} task; choose another id",
+                )
         if job.prep_blocked:
             raise InputError(
                 "JobPreparationTaskFailed",
@@ -172,6 +174,8 @@ class JobManager:
 
     async def _run_in_slot(self, job: NodeJob, run: TaskRun) -> None:
         async with self.slots:
+            if job.ending is not None:  # a slot freed while the job ends: end_task records it TaskEnded
+                return
             assert job.doc is not None
             prep = job.doc.job_preparation_task
             if prep is not None and prep.wait_for_success:
@@ -185,10 +189,11 @@ class JobManager:
             start = utcnow()
             self._set_state(run, TaskState.RUNNING, execution_info=TaskExecutionInfo(start_time=start))
             outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run))
-        if run.requeue_code is not None:
-            await self.hand_back(run, run.requeue_code, "the agent stopped while the task ran")
-            return
-        await asyncio.shield(self._complete(run, outcome))
+            # Still holding the slot: the next task must not be seen running before this one completed.
+            if run.requeue_code is not None:
+                await self.hand_back(run, run.requeue_code, "the agent stopped while the task ran")
+                return
+            await asyncio.shield(self._complete(run, outcome))
 
     def _plan(self, job: NodeJob, run: TaskRun) -> AttemptPlan:
         assert job.doc is not None
@@ -199,6 +204,7 @@ class JobManager:
             run.spec,
             max_wall_clock=constraints.max_wall_clock_time,
             retries=constraints.max_task_retry_count,
+            tracker=self.ctx.processes.track(job.id, run.task.id),
         )
 
     def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:

@@ -7,9 +7,11 @@ from node_agent.wire.base import utcnow
 from node_agent.wire.commands import ErrorInfo, Reply
 from node_agent.wire.status import (
     Event,
+    EventType,
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
     Task,
+    TaskState,
 )
 from node_agent.wire.topics import Topics
 
@@ -34,6 +36,13 @@ class Publisher:
             code=code,
             message=message,
             task=task,
+        )
+        self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
+
+    def subtask(self, job_id: str, task_id: str, kind: EventType, state: TaskState) -> None:
+        """An event for the job's preparation or release task on this node (its status is on job_node)."""
+        event = Event(
+            type=kind, time=utcnow(), node_id=self.node_id, job_id=job_id, task_id=task_id, state=state
         )
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 

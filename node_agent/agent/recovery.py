@@ -6,8 +6,10 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
 
 from node_agent.agent.runs import NodeJob, TaskRun
+from node_agent.errors import StoreCorrupt
 from node_agent.store.records import RecordStore
 from node_agent.wire.status import Task
 
@@ -30,13 +32,17 @@ def _read(store: RecordStore) -> list[tuple[str, dict[str, Any] | None, list[dic
 
 
 async def recover(manager: JobManager) -> None:
+    await manager.ctx.processes.kill_orphans()
     unfinished: list[TaskRun] = []
     for job_id, record, tasks in await asyncio.to_thread(_read, manager.ctx.store):
-        job = NodeJob.from_record(job_id, record) if record else NodeJob(id=job_id)
+        try:
+            job = NodeJob.from_record(job_id, record) if record else NodeJob(id=job_id)
+            runs = [TaskRun(job_id=job_id, task=Task.model_validate(document)) for document in tasks]
+        except ValidationError as exc:
+            raise StoreCorrupt(f"a record of job {job_id!r} does not match its schema: {exc}") from exc
         if job.prep_boot_id != manager.ctx.boot_id:
             job.prep_blocked = False  # a reboot lifts the block: the preparation will run again
-        for document in tasks:
-            run = TaskRun(job_id=job_id, task=Task.model_validate(document))
+        for run in runs:
             run.recorded.set()
             job.tasks[run.task.id] = run
             if not run.is_finished:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from node_agent.agent.runs import NodeJob
 
 log = structlog.get_logger(__name__)
+SubtaskInfo = JobPreparationTaskExecutionInformation | JobReleaseTaskExecutionInformation
 
 
 class Subtasks:
@@ -85,7 +86,7 @@ class Subtasks:
         )
         job.prep_boot_id = self.ctx.boot_id
         job.prep_blocked = False
-        await self._record(job)
+        await self._record(job, job.prep)
         log.info("prep.started", job_id=job.id)
         plan = plan_for(
             self.ctx.layout,
@@ -93,6 +94,7 @@ class Subtasks:
             spec,
             max_wall_clock=spec.constraints.max_wall_clock_time,
             retries=spec.constraints.max_task_retry_count,
+            tracker=self.ctx.processes.track(job.id, spec.id),
         )
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
         job.prep = JobPreparationTaskExecutionInformation(
@@ -108,7 +110,7 @@ class Subtasks:
         )
         succeeded = outcome.result == TaskResult.SUCCESS
         job.prep_blocked = not succeeded and spec.wait_for_success
-        await self._record(job)
+        await self._record(job, job.prep)
         log.info("prep.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
         if job.prep_blocked:
             await self._hand_back_waiting(job)
@@ -133,9 +135,19 @@ class Subtasks:
                     run, "JobPreparationTaskFailed", "the job preparation task failed"
                 )
 
-    async def _record(self, job: NodeJob) -> None:
+    async def _record(self, job: NodeJob, changed: SubtaskInfo | None) -> None:
+        """Store, then publish the node's status for the job and an event for the task that changed."""
         await self.manager.save_job(job)
         self.ctx.publisher.job_node(job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id))
+        if changed is not None and job.doc is not None:
+            is_prep = isinstance(changed, JobPreparationTaskExecutionInformation)
+            spec = job.doc.job_preparation_task if is_prep else job.doc.job_release_task
+            self.ctx.publisher.subtask(
+                job.id,
+                spec.id if spec else "",
+                "jobPreparationTaskStateChanged" if is_prep else "jobReleaseTaskStateChanged",
+                TaskState(changed.state.value),
+            )
 
     # -- end of a job --------------------------------------------------------------------------------------
 
@@ -173,9 +185,16 @@ class Subtasks:
         job.release = JobReleaseTaskExecutionInformation(
             start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
         )
-        await self._record(job)
+        await self._record(job, job.release)
         log.info("release.started", job_id=job.id)
-        plan = plan_for(self.ctx.layout, job.doc, spec, max_wall_clock=spec.max_wall_clock_time, retries=0)
+        plan = plan_for(
+            self.ctx.layout,
+            job.doc,
+            spec,
+            max_wall_clock=spec.max_wall_clock_time,
+            retries=0,
+            tracker=self.ctx.processes.track(job.id, spec.id),
+        )
         outcome = await run_to_end(plan, asyncio.Event())
         job.release = JobReleaseTaskExecutionInformation(
             start_time=outcome.start_time,
@@ -186,17 +205,19 @@ class Subtasks:
             result=outcome.result,
             failure_info=outcome.failure_info,
         )
-        await self._record(job)
+        await self._record(job, job.release)
         log.info("release.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
 
     async def _delete(self, job: NodeJob) -> None:
         """Deleting a job removes all its directories and records here, whatever their retention."""
         await asyncio.to_thread(shutil.rmtree, self.ctx.layout.job_dir(job.id), ignore_errors=True)
+        await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
+        self.manager.jobs.pop(job.id, None)
+        # Published last: once the driver sees them cleared it may create the job again with this id,
+        # and that job must not meet this node's record of the deleted one (JobNotActive).
         for task_id in list(job.tasks):
             self.ctx.publisher.clear_task(job.id, task_id)
         self.ctx.publisher.job_node(job.id, None)
-        await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
-        self.manager.jobs.pop(job.id, None)
         log.info("job.deleted", job_id=job.id)
 
     async def stop(self) -> None:

@@ -13,6 +13,7 @@ from node_agent.agent.dispatch import Dispatcher
 from node_agent.agent.jobs import JobManager, NodeContext
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.node_state import NodeStateReporter
+from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.recovery import recover
 from node_agent.config import AgentSettings
@@ -89,12 +90,12 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
                     manager.running_count, "enabled" if manager.scheduling_enabled else "disabled"
                 )
 
-        ctx = NodeContext(
-            layout, RecordStore(settings.resolved_state_dir), publisher, boot_id, group, load_changed
-        )
+        store = RecordStore(settings.resolved_state_dir)
+        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, ProcessRegistry(store, str(layout.root)))
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
-        transport.on_message = Dispatcher(manager, publisher, topics, settings.node_id).on_message
+        dispatcher = Dispatcher(manager, publisher, topics, settings.node_id)
+        transport.on_message = dispatcher.on_message
 
         async def on_connected() -> None:
             reporter.publish()
@@ -116,6 +117,7 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
         )
         await stopping.wait()
         await manager.shutdown(settings.shutdown_grace.total_seconds())
+        await dispatcher.close()
         reporter.publish(NodeStateName.OFFLINE)
         if not await transport.flush(timeout_s=5):
             log.warning(

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from node_agent.client.pool import BatchClient, CommandError
+from node_agent.log import configure_logging
 from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, TaskSpec
 
 T = TypeVar("T")
@@ -30,8 +31,10 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
 def _run(broker: str, prefix: str, action: Callable[[BatchClient], Awaitable[T]]) -> T:
+    configure_logging("warning", "console")  # logs go to stderr: stdout carries the command's output
+
     async def main() -> T:
-        async with BatchClient(broker, topic_prefix=prefix) as client:
+        async with BatchClient(broker, topic_prefix=prefix, command_timeout_s=10) as client:
             return await action(client)
 
     try:

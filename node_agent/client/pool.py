@@ -257,8 +257,12 @@ class BatchClient:
 
     def _released(self, job_id: str) -> bool:
         job = self._job(job_id)
-        if job.job_release_task is None:
-            return all(t.state == TaskState.COMPLETED for (j, _), t in self.view.tasks.items() if j == job_id)
+        if job.job_release_task is None:  # nothing to wait for but the nodes ending the job's tasks
+            return all(
+                t.state == TaskState.COMPLETED or t.node_info is None
+                for (j, _), t in self.view.tasks.items()
+                if j == job_id
+            )
         return all(
             info.job_release_task_execution_info is not None
             and info.job_release_task_execution_info.state == SubtaskState.COMPLETED
@@ -272,10 +276,20 @@ class BatchClient:
         await self._publish_job(
             job.model_copy(update={"state": JobState.DELETING, "state_transition_time": utcnow()})
         )
-        await self.wait_until(lambda: not self.prep_release_status(job_id) or None, timeout_s)
+        await self.wait_until(lambda: self._cleaned_up(job_id), timeout_s)
         self.view.jobs.pop(job_id, None)
+        for task in self.list_tasks(job_id):  # handed back and never placed again: no node clears these
+            self._transport.publish(self.topics.task(job_id, task.id), b"", retain=True)
+        # A job created again with this id starts afresh: no tasks to wait for, no node excluded.
+        self._placed = {key: spec for key, spec in self._placed.items() if key[0] != job_id}
+        self._excluded.pop(job_id, None)
         self._transport.publish(self.topics.job(job_id), b"", retain=True)
         await self._transport.flush(timeout_s=self.command_timeout_s)
+
+    def _cleaned_up(self, job_id: str) -> bool:
+        """Every node that ran anything of the job has cleared its status and its tasks' states."""
+        on_nodes = any(t.node_info is not None for t in self.list_tasks(job_id))
+        return not self.prep_release_status(job_id) and not on_nodes
 
     def _job(self, job_id: str) -> Job:
         job = self.view.jobs.get(job_id)
@@ -296,7 +310,6 @@ class BatchClient:
         self, job_id: str, task: TaskSpec, *, node_id: str | None = None, exclude: Iterable[str] = ()
     ) -> Task:
         """Add a task to ``node_id``, or to the least-loaded node; refused nodes are skipped in turn."""
-        self._placed[(job_id, task.id)] = task
         if node_id is not None:
             return await self._add_on(node_id, job_id, task)
         skipped = set(exclude) | self._excluded.get(job_id, set())
@@ -310,6 +323,14 @@ class BatchClient:
                 skipped.add(target)
 
     async def _add_on(self, node_id: str, job_id: str, task: TaskSpec) -> Task:
+        self._placed[(job_id, task.id)] = task  # before the command: a hand-back may come before the reply
+        try:
+            return await self._send_add(node_id, job_id, task)
+        except BaseException:
+            self._placed.pop((job_id, task.id), None)
+            raise
+
+    async def _send_add(self, node_id: str, job_id: str, task: TaskSpec) -> Task:
         body = {
             "type": "addTask",
             "jobId": job_id,

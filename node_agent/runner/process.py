@@ -6,6 +6,7 @@ import asyncio
 import os
 import shlex
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -95,7 +96,9 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode  # -9 -> 137, as a Linux shell reports it
 
 
-async def run_process(spec: ProcessSpec, kill: asyncio.Event) -> ExitResult:
+async def run_process(
+    spec: ProcessSpec, kill: asyncio.Event, on_spawn: Callable[[int], Awaitable[None]] | None = None
+) -> ExitResult:
     """Run to completion, or until the limit passes or ``kill`` is set; the tree is dead on return."""
     argv = split_command_line(spec.command_line)
     proc = await _spawn(spec, argv)
@@ -104,6 +107,8 @@ async def run_process(spec: ProcessSpec, kill: asyncio.Event) -> ExitResult:
     killer = asyncio.ensure_future(kill.wait())
     limit = spec.max_wall_clock.total_seconds() if spec.max_wall_clock else None
     try:
+        if on_spawn is not None:
+            await on_spawn(proc.pid)
         done, _ = await asyncio.wait({waiter, killer}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             return ExitResult(_exit_code(waiter.result()))

@@ -48,7 +48,6 @@ class RecordStore:
     async def delete(self, key: Key) -> None:
         async with self._locks[key]:
             await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
-        self._locks.pop(key, None)
 
     async def delete_tree(self, key: Key) -> None:
         """Remove every record below ``key`` (a job and its tasks)."""

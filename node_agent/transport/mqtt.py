@@ -18,7 +18,12 @@ from node_agent.config import BrokerAddress
 log = structlog.get_logger(__name__)
 
 MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]
-NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+NODELAY = (
+    socket.IPPROTO_TCP,
+    socket.TCP_NODELAY,
+    1,
+)  # without it a QoS 1 round trip waits ~40 ms (bench/rtt.py)
+BACKOFF_FIRST_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,7 @@ class MqttTransport:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     _pending: Outgoing | None = None
+    _was_connected: bool = False
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Queue a QoS 1 message; it is sent in order once (and whenever) the broker is reachable."""
@@ -65,7 +71,7 @@ class MqttTransport:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Stay connected until ``stopping`` is set; reconnect with jittered backoff on failure."""
-        delay = 0.2
+        delay = BACKOFF_FIRST_S
         for broker in cycle(self.brokers):
             if stopping.is_set():
                 return
@@ -73,16 +79,18 @@ class MqttTransport:
                 await self._session(broker, stopping)
                 return
             except aiomqtt.MqttError as exc:
-                self.connected.clear()
                 log.warning("mqtt.disconnected", host=broker.host, port=broker.port, error=str(exc))
-            delay = min(delay * 2, self.options.backoff_max_s)
+            if self._was_connected:  # a session that worked starts the backoff afresh
+                delay, self._was_connected = BACKOFF_FIRST_S, False
             await _wait_or_stop(stopping, delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.options.backoff_max_s)
 
     async def _session(self, broker: BrokerAddress, stopping: asyncio.Event) -> None:
         async with self._client(broker) as client:
             for topic in self.subscriptions:
                 await client.subscribe(topic, qos=1)
             self.connected.set()
+            self._was_connected = True
             log.info("mqtt.connected", host=broker.host, port=broker.port)
             if self.on_connected is not None:
                 await self.on_connected()

@@ -17,7 +17,7 @@ def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _iso_duration(value: timedelta) -> str:
+def iso_duration(value: timedelta) -> str:
     total_ms = round(value.total_seconds() * 1000)
     days, rest_ms = divmod(total_ms, 86_400_000)
     hours, rest_ms = divmod(rest_ms, 3_600_000)
@@ -31,7 +31,7 @@ def _iso_duration(value: timedelta) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
-Duration = Annotated[timedelta, PlainSerializer(_iso_duration, return_type=str, when_used="json")]
+Duration = Annotated[timedelta, PlainSerializer(iso_duration, return_type=str, when_used="json")]
 
 
 class WireModel(BaseModel):

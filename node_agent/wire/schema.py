@@ -30,5 +30,7 @@ def contract_schema() -> dict[str, Any]:
         title="node-agent wire contract v1",
     )
     command: TypeAdapter[Any] = COMMANDS
-    models["$defs"]["Command"] = command.json_schema(by_alias=True)
+    union = command.json_schema(by_alias=True)
+    models["$defs"].update(union.pop("$defs", {}))  # its "#/$defs/AddTask" refs resolve from the root
+    models["$defs"]["Command"] = union
     return models

@@ -113,10 +113,19 @@ class NodeState(WireModel):
     free_memory_bytes: int | None = None
 
 
+EventType = Literal[
+    "taskStateChanged",
+    "taskHandedBack",
+    "commandRejected",
+    "jobPreparationTaskStateChanged",
+    "jobReleaseTaskStateChanged",
+]
+
+
 class Event(WireModel):
     """One task state change (or a rejected command), published on P/nodes/{nodeId}/events."""
 
-    type: Literal["taskStateChanged", "taskHandedBack", "commandRejected"]
+    type: EventType
     time: Timestamp
     node_id: Id
     job_id: Id | None = None

@@ -1,0 +1,86 @@
+"""Finding and killing task processes a killed agent left behind, so no task runs twice.
+
+Task processes run in their own session and outlive an agent killed with SIGKILL. The agent hands such
+tasks back on its next start; their processes must not keep running beside the new attempt elsewhere.
+Two nets catch them: the pids recorded durably just after each spawn (with their start time, so a
+reused pid is never killed), and every process whose environment names this node root in
+AZ_BATCH_NODE_ROOT_DIR (which also covers a kill in the moment between spawn and record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import psutil
+import structlog
+
+from node_agent.runner.process import kill_tree
+from node_agent.store.records import RecordStore
+
+log = structlog.get_logger(__name__)
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessTracker:
+    """Records one task's process while it runs (store key ("processes", jobId, taskId))."""
+
+    store: RecordStore
+    job_id: str
+    task_id: str
+
+    async def started(self, pid: int) -> None:
+        created = await asyncio.to_thread(_create_time, pid)
+        await self.store.put(("processes", self.job_id, self.task_id), {"pid": pid, "createTime": created})
+
+    async def ended(self) -> None:
+        await self.store.delete(("processes", self.job_id, self.task_id))
+
+
+class ProcessRegistry:
+    def __init__(self, store: RecordStore, node_root: str) -> None:
+        self.store = store
+        self.node_root = node_root
+
+    def track(self, job_id: str, task_id: str) -> ProcessTracker:
+        return ProcessTracker(self.store, job_id, task_id)
+
+    async def kill_orphans(self) -> int:
+        """Kill every recorded process that still runs (same pid and start time), then forget them all."""
+        killed = await asyncio.to_thread(self._kill_orphans)
+        await self.store.delete_tree(("processes",))
+        if killed:
+            log.warning("recovery.orphans_killed", processes=killed)
+        return killed
+
+    def _kill_orphans(self) -> int:
+        pids = self._recorded() | self._of_this_node()
+        return sum(kill_tree(pid) for pid in pids)
+
+    def _recorded(self) -> set[int]:
+        found = set()
+        for job_id in self.store.children(("processes",)):
+            for task_id in self.store.children(("processes", job_id)):
+                record = self.store.load(("processes", job_id, task_id)) or {}
+                pid, created = record.get("pid"), record.get("createTime")
+                if isinstance(pid, int) and created is not None and _create_time(pid) == created:
+                    found.add(pid)
+        return found
+
+    def _of_this_node(self) -> set[int]:
+        """Processes started as tasks of this node root (the agent that started them is gone: we just started)."""
+        found = set()
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("AZ_BATCH_NODE_ROOT_DIR") == self.node_root:
+                    found.add(proc.pid)
+            except psutil.Error:
+                continue
+        return found
