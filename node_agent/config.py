@@ -117,4 +117,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSet
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
-        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+        variable = f" (NODE_AGENT_{where.upper()})" if where in AgentSettings.model_fields else ""
+        raise ConfigError(f"invalid setting {where}{variable}: {first['msg']}") from exc

@@ -68,28 +68,38 @@ async def list_files(root: Path, relative: str, recursive: bool) -> dict[str, An
     return {"value": await asyncio.to_thread(_list, root, relative, recursive)}
 
 
-def _regular_file(root: Path, relative: str) -> Path:
+def _open_regular(root: Path, relative: str) -> int:
+    """Open the file without following a final symlink and without blocking (a FIFO), then check what was
+    opened: a regular file whose real path is inside the root. Checking the open descriptor, not the path,
+    leaves no window for a task to swap a component for a link between check and use."""
     target = resolve_inside(root, relative)
     try:
-        mode = target.stat().st_mode
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         raise InputError("FileNotFound", f"file {relative!r} does not exist on this node") from None
-    if stat.S_ISDIR(mode):
-        raise InputError("FileNotFound", f"{relative!r} is a directory; use listFiles")
-    if not stat.S_ISREG(mode):
-        raise InputError("PathNotAllowed", f"{relative!r} is not a regular file")
-    return target
+    except OSError as exc:  # ELOOP: the last component became a symlink after the check
+        raise InputError("PathNotAllowed", f"{relative!r} cannot be opened safely: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError("FileNotFound", f"{relative!r} is a directory; use listFiles")
+        if not stat.S_ISREG(mode):
+            raise InputError("PathNotAllowed", f"{relative!r} is not a regular file")
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not opened.is_relative_to(root.resolve()):
+            raise InputError("PathNotAllowed", f"path {relative!r} leads outside the node root")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 async def get_file(root: Path, relative: str, offset: int, length: int) -> dict[str, Any]:
-    target = await asyncio.to_thread(_regular_file, root, relative)
-    try:
-        async with aiofiles.open(target, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            await handle.seek(offset)
-            data = await handle.read(length)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError("FileNotFound", f"file {relative!r} does not exist on this node") from None
+    fd = await asyncio.to_thread(_open_regular, root, relative)
+    async with aiofiles.open(fd, "rb") as handle:
+        size = os.fstat(fd).st_size
+        await handle.seek(offset)
+        data = await handle.read(length)
     return {
         "contentLength": size,
         "offset": offset,
