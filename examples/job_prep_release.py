@@ -14,9 +14,7 @@ from node_agent.sample import run_sample
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("broker_url")
     parser.add_argument("node_ids", nargs="+")
     parser.add_argument("--prefix", default="batch")

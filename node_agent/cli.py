@@ -14,9 +14,7 @@ from node_agent.config import load_settings
 from node_agent.errors import ConfigError, StoreCorrupt
 from node_agent.log import configure_logging
 
-app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="Azure Batch style compute-node agent over MQTT."
-)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Azure Batch style compute-node agent over MQTT.")
 
 ConfigOption = Annotated[
     Path | None,

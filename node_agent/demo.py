@@ -22,11 +22,7 @@ async def _broker(url: str | None, workdir: Path, progress: Print) -> AsyncItera
         yield url
         return
     with running_broker(workdir) as broker:
-        note = (
-            ""
-            if broker.kind == "mosquitto"
-            else " (embedded fallback: see the README for what it does not promise)"
-        )
+        note = "" if broker.kind == "mosquitto" else " (embedded fallback: see the README for what it does not promise)"
         article = "a" if broker.kind == "mosquitto" else "an"
         progress(f"started {article} {broker.kind} broker on {broker.url}{note}")
         yield broker.url
@@ -50,9 +46,7 @@ async def run_demo(
             agents = make_agents(url, prefix, workdir, nodes)
             try:
                 await asyncio.gather(*(agent.start() for agent in agents))
-                progress(
-                    f"started {nodes} agents: {', '.join(a.node_id for a in agents)} (topic prefix {prefix})"
-                )
+                progress(f"started {nodes} agents: {', '.join(a.node_id for a in agents)} (topic prefix {prefix})")
                 async with BatchClient(url, topic_prefix=prefix) as client:
                     codes = await run_sample(
                         client,

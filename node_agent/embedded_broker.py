@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node_agent.embedded_broker")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on at 127.0.0.1")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args.port))
     return 0
 

@@ -16,6 +16,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check node_agent tests examples bench
+.venv/bin/ruff format --check --quiet node_agent tests examples bench
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -38,15 +38,11 @@ StartPool = Callable[..., Awaitable[list[LocalAgent]]]
 
 
 @pytest.fixture
-async def pool(
-    mqtt_broker: BrokerHandle, prefix: str, tmp_path: Path, client: BatchClient
-) -> AsyncIterator[StartPool]:
+async def pool(mqtt_broker: BrokerHandle, prefix: str, tmp_path: Path, client: BatchClient) -> AsyncIterator[StartPool]:
     """``agents = await pool(n, task_slots=1, env={...})``: started and idle; all stopped at teardown."""
     started: list[LocalAgent] = []
 
-    async def start(
-        count: int = 1, *, task_slots: int = 1, env: Mapping[str, str] | None = None
-    ) -> list[LocalAgent]:
+    async def start(count: int = 1, *, task_slots: int = 1, env: Mapping[str, str] | None = None) -> list[LocalAgent]:
         agents = make_agents(
             mqtt_broker.url,
             prefix,
@@ -79,12 +75,3 @@ async def restart(client: BatchClient, agent: LocalAgent) -> None:
     await agent.stop()
     await agent.start()
     await wait_ready(client, [agent])
-
-
-async def wait_for_file(path: Path, timeout_s: float = 20) -> str:
-    """Wait until a task has written a non-empty file. A file gives no event to wait on, so this one
-    wait polls the disk (every 20 ms, bounded); everything that crosses the wire is waited on by message."""
-    async with asyncio.timeout(timeout_s):
-        while not (path.exists() and (text := path.read_text()).strip()):
-            await asyncio.sleep(0.02)
-    return text

@@ -64,9 +64,7 @@ def plan_for(
     return AttemptPlan(
         command_line=task.command_line,
         task_dir=layout.task_dir(job.id, task.id),
-        env=task_environment(
-            variables, _pairs(job.common_environment_settings), _pairs(task.environment_settings)
-        ),
+        env=task_environment(variables, _pairs(job.common_environment_settings), _pairs(task.environment_settings)),
         max_wall_clock=max_wall_clock,
         max_task_retry_count=retries,
         resource_files=task.resource_files,
@@ -126,10 +124,11 @@ def _failure(exc: TaskFailure) -> FailureInfo:
 
 def _exit_failure(result: ExitResult, plan: AttemptPlan) -> FailureInfo | None:
     if result.timed_out:
+        limit = iso_duration(plan.max_wall_clock or timedelta())
         return FailureInfo(
             category="usererror",
             code="TaskEnded",
-            message=f"the task ran longer than its maxWallClockTime ({iso_duration(plan.max_wall_clock or timedelta())}) and was killed",
+            message=f"the task ran longer than its maxWallClockTime ({limit}) and was killed",
         )
     if result.killed:
         return FailureInfo(category="usererror", code="TaskEnded", message="the task was terminated")

@@ -78,9 +78,7 @@ class Dispatcher:
         request_id = envelope.get("requestId") if isinstance(envelope.get("requestId"), str) else None
         reply_to = self._reply_topic(envelope.get("replyTo"))
         if envelope.get("replyTo") is not None and reply_to is None:
-            message = (
-                f"replyTo must be {self.topics.replies('{clientId}')} with a valid clientId; nothing was done"
-            )
+            message = f"replyTo must be {self.topics.replies('{clientId}')} with a valid clientId; nothing was done"
             self._refuse(None, request_id, "InvalidCommand", message)
             return
         try:
@@ -95,9 +93,7 @@ class Dispatcher:
             raise
         except Exception as exc:  # the per-command boundary: log, reply, keep serving
             log.exception("command.failed", request_id=request_id)
-            self._refuse(
-                reply_to, request_id, "InternalError", f"the agent failed to handle the command: {exc}"
-            )
+            self._refuse(reply_to, request_id, "InternalError", f"the agent failed to handle the command: {exc}")
         else:
             if reply_to is not None and request_id is not None:
                 self.publisher.reply(reply_to, request_id, result)

@@ -22,9 +22,7 @@ def resolve_inside(root: Path, relative: str) -> Path:
     """The real path of ``relative`` under ``root``; refuses anything that would leave it."""
     pure = PurePosixPath(relative)
     if pure.is_absolute() or ".." in pure.parts or "\x00" in relative:
-        raise InputError(
-            "PathNotAllowed", f"path {relative!r} must be relative to the node root, without '..'"
-        )
+        raise InputError("PathNotAllowed", f"path {relative!r} must be relative to the node root, without '..'")
     real_root = root.resolve()
     try:
         target = (real_root / pure).resolve()

@@ -59,9 +59,7 @@ class JobManager:
 
     @property
     def running_count(self) -> int:
-        return sum(
-            run.task.state == TaskState.RUNNING for job in self.jobs.values() for run in job.tasks.values()
-        )
+        return sum(run.task.state == TaskState.RUNNING for job in self.jobs.values() for run in job.tasks.values())
 
     def set_scheduling(self, *, enabled: bool) -> None:
         """disableScheduling lets running and waiting tasks finish and refuses new ones (taskcompletion)."""
@@ -102,9 +100,7 @@ class JobManager:
         if not self.accepting:
             raise InputError("NodeShuttingDown", "the agent is stopping; place the task on another node")
         if not self.scheduling_enabled:
-            raise InputError(
-                "NodeSchedulingDisabled", "scheduling is disabled on this node; use another node"
-            )
+            raise InputError("NodeSchedulingDisabled", "scheduling is disabled on this node; use another node")
 
     async def _job_document(self, job: NodeJob) -> Job:
         try:
@@ -122,9 +118,7 @@ class JobManager:
 
     def _check_acceptable(self, job: NodeJob, doc: Job, spec: TaskSpec) -> None:
         if doc.state != JobState.ACTIVE or job.ending is not None:
-            raise InputError(
-                "JobNotActive", f"job {job.id!r} is {doc.state}; tasks can be added to active jobs only"
-            )
+            raise InputError("JobNotActive", f"job {job.id!r} is {doc.state}; tasks can be added to active jobs only")
         for kind, reserved in (("Preparation", doc.job_preparation_task), ("Release", doc.job_release_task)):
             if reserved is not None and spec.id == reserved.id:  # Azure Batch: TaskIdSameAsJob{kind}Task
                 raise InputError(
@@ -165,9 +159,7 @@ class JobManager:
         except Exception as exc:  # a node fault (disk, permissions) fails this task, never the agent
             log.exception("task.agent_error", job_id=run.job_id, task_id=run.task.id)
             if not run.is_finished:
-                failure = FailureInfo(
-                    category="servererror", code="AgentError", message=f"the agent failed: {exc}"
-                )
+                failure = FailureInfo(category="servererror", code="AgentError", message=f"the agent failed: {exc}")
                 outcome = Outcome(end_time=utcnow(), result=TaskResult.FAILURE, failure_info=failure)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._complete(run, outcome))
@@ -244,12 +236,8 @@ class JobManager:
         job = self.jobs.get(run.job_id)
         if job is not None and job.tasks.get(run.task.id) is run:
             del job.tasks[run.task.id]
-        info = run.task.execution_info.model_copy(
-            update={"requeue_count": run.task.execution_info.requeue_count + 1}
-        )
-        run.update(
-            state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info
-        )
+        info = run.task.execution_info.model_copy(update={"requeue_count": run.task.execution_info.requeue_count + 1})
+        run.update(state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info)
         await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
         self.ctx.publisher.task(run.job_id, run.task, code=code, message=message)
         self.ctx.on_load_change()

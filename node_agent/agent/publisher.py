@@ -41,9 +41,7 @@ class Publisher:
 
     def subtask(self, job_id: str, task_id: str, kind: EventType, state: TaskState) -> None:
         """An event for the job's preparation or release task on this node (its status is on job_node)."""
-        event = Event(
-            type=kind, time=utcnow(), node_id=self.node_id, job_id=job_id, task_id=task_id, state=state
-        )
+        event = Event(type=kind, time=utcnow(), node_id=self.node_id, job_id=job_id, task_id=task_id, state=state)
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 
     def clear_task(self, job_id: str, task_id: str) -> None:

@@ -24,8 +24,7 @@ def _read(store: RecordStore) -> list[tuple[str, dict[str, Any] | None, list[dic
     for job_id in store.children(("jobs",)):
         record = store.load(("jobs", job_id, "job"))
         tasks = [
-            store.load(("jobs", job_id, "tasks", task_id))
-            for task_id in store.children(("jobs", job_id, "tasks"))
+            store.load(("jobs", job_id, "tasks", task_id)) for task_id in store.children(("jobs", job_id, "tasks"))
         ]
         found.append((job_id, record, [task for task in tasks if task is not None]))
     return found
@@ -49,7 +48,5 @@ async def recover(manager: JobManager) -> None:
                 unfinished.append(run)
         manager.jobs[job_id] = job
     for run in unfinished:
-        await manager.hand_back(
-            run, "NodeAgentRestarted", "the agent restarted while the task was on this node"
-        )
+        await manager.hand_back(run, "NodeAgentRestarted", "the agent restarted while the task was on this node")
     log.info("recovery.done", jobs=len(manager.jobs), handed_back=len(unfinished))

@@ -121,9 +121,7 @@ class Subtasks:
             job.prep = job.prep.model_copy(
                 update={"retry_count": outcome.retry_count, "last_retry_time": outcome.last_retry_time}
             )
-            self.ctx.publisher.job_node(
-                job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id)
-            )
+            self.ctx.publisher.job_node(job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id))
 
     async def _hand_back_waiting(self, job: NodeJob) -> None:
         """Guarantee 2: every task of the job waiting here goes back to the scheduler."""
@@ -131,9 +129,7 @@ class Subtasks:
             if run.task.state in (TaskState.ACTIVE, TaskState.PREPARING) and run.worker is not None:
                 run.worker.cancel()
                 await asyncio.wait({run.worker})
-                await self.manager.hand_back(
-                    run, "JobPreparationTaskFailed", "the job preparation task failed"
-                )
+                await self.manager.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")
 
     async def _record(self, job: NodeJob, changed: SubtaskInfo | None) -> None:
         """Store, then publish the node's status for the job and an event for the task that changed."""

@@ -45,9 +45,7 @@ def install_signal_handlers(stopping: asyncio.Event) -> None:
 def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> None:
     state_dir = settings.resolved_state_dir
     if state_dir.resolve().is_relative_to(settings.root.resolve()):
-        raise ConfigError(
-            f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it"
-        )
+        raise ConfigError(f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it")
     try:
         layout.create()
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -86,12 +84,12 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
 
         def load_changed() -> None:
             if manager is not None:
-                reporter.update(
-                    manager.running_count, "enabled" if manager.scheduling_enabled else "disabled"
-                )
+                reporter.update(manager.running_count, "enabled" if manager.scheduling_enabled else "disabled")
 
         store = RecordStore(settings.resolved_state_dir)
-        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, ProcessRegistry(store, str(layout.root)))
+        ctx = NodeContext(
+            layout, store, publisher, boot_id, group, load_changed, ProcessRegistry(store, str(layout.root))
+        )
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
         dispatcher = Dispatcher(manager, publisher, topics, settings.node_id)
@@ -102,9 +100,7 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
 
         transport.on_connected = on_connected
         group.create_task(transport.run(transport_stop), name="mqtt")
-        group.create_task(
-            reporter.heartbeat(settings.heartbeat_interval.total_seconds(), stopping), name="heartbeat"
-        )
+        group.create_task(reporter.heartbeat(settings.heartbeat_interval.total_seconds(), stopping), name="heartbeat")
         log.info(
             "agent.started",
             node_id=settings.node_id,
@@ -120,9 +116,7 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
         await dispatcher.close()
         reporter.publish(NodeStateName.OFFLINE)
         if not await transport.flush(timeout_s=5):
-            log.warning(
-                "agent.unflushed", reason="broker unreachable; retained state falls back to the last will"
-            )
+            log.warning("agent.unflushed", reason="broker unreachable; retained state falls back to the last will")
         transport_stop.set()
     log.info("agent.stopped")
 

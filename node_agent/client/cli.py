@@ -24,9 +24,7 @@ task_app = typer.Typer(no_args_is_help=True, help="Add and list tasks.")
 files_app = typer.Typer(no_args_is_help=True, help="Read files on a node (getFile/listFiles).")
 
 BrokerOption = Annotated[str, typer.Option("--broker", envvar="NODE_AGENT_BROKER_URL", help="Broker URL.")]
-PrefixOption = Annotated[
-    str, typer.Option("--prefix", envvar="NODE_AGENT_TOPIC_PREFIX", help="Topic prefix.")
-]
+PrefixOption = Annotated[str, typer.Option("--prefix", envvar="NODE_AGENT_TOPIC_PREFIX", help="Topic prefix.")]
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
@@ -60,9 +58,7 @@ def job_create(
     job_id: str,
     prep: Annotated[str | None, typer.Option(help="Job preparation command line.")] = None,
     release: Annotated[str | None, typer.Option(help="Job release command line.")] = None,
-    json_file: Annotated[
-        Path | None, typer.Option("--json", help="Whole Job document (JSON) instead.")
-    ] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Whole Job document (JSON) instead.")] = None,
     broker: BrokerOption = DEFAULT_BROKER,
     prefix: PrefixOption = "batch",
 ) -> None:
@@ -104,9 +100,7 @@ def job_delete(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: Prefi
 
 
 @job_app.command("prep-release-status")
-def job_prep_release_status(
-    job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch"
-) -> None:
+def job_prep_release_status(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch") -> None:
     """Preparation and release task status on each node that ran the job's preparation."""
 
     async def status(client: BatchClient) -> Any:
@@ -171,9 +165,7 @@ def nodes(broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch")
 
 
 @files_app.command("get")
-def files_get(
-    node_id: str, path: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch"
-) -> None:
+def files_get(node_id: str, path: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch") -> None:
     """Print a file of a node (path relative to the node root)."""
     data = _run(broker, prefix, lambda c: c.get_file(node_id, path))
     sys.stdout.buffer.write(data)
@@ -192,9 +184,7 @@ def files_list(
 
 
 def demo(
-    broker: Annotated[
-        str | None, typer.Option("--broker", help="Use this broker instead of starting one.")
-    ] = None,
+    broker: Annotated[str | None, typer.Option("--broker", help="Use this broker instead of starting one.")] = None,
     nodes_count: Annotated[int, typer.Option("--nodes", min=1, max=20)] = 2,
     tasks: Annotated[int, typer.Option("--tasks", min=0, max=999)] = 8,
 ) -> None:

@@ -22,11 +22,13 @@ from node_agent.wire.commands import GET_FILE_MAX_LENGTH, Reply
 from node_agent.wire.specs import Job, JobState, TaskSpec
 from node_agent.wire.status import (
     Event,
+    FailureInfo,
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
     NodeStateName,
     SubtaskState,
     Task,
+    TaskResult,
     TaskState,
 )
 from node_agent.wire.topics import Topics
@@ -61,17 +63,13 @@ class PoolView:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
-    prep_release: dict[tuple[str, str], JobPreparationAndReleaseTaskExecutionInformation] = field(
-        default_factory=dict
-    )
+    prep_release: dict[tuple[str, str], JobPreparationAndReleaseTaskExecutionInformation] = field(default_factory=dict)
 
 
 class BatchClient:
     """``async with BatchClient(url) as client:`` then create jobs, add tasks, wait, read files."""
 
-    def __init__(
-        self, broker_url: str, *, topic_prefix: str = "batch", command_timeout_s: float = 30
-    ) -> None:
+    def __init__(self, broker_url: str, *, topic_prefix: str = "batch", command_timeout_s: float = 30) -> None:
         self.topics = Topics(topic_prefix)
         self.client_id = "c" + uuid.uuid4().hex[:20]
         self.command_timeout_s = command_timeout_s
@@ -176,7 +174,8 @@ class BatchClient:
         if event.type != "taskHandedBack" or event.job_id is None or event.task_id is None:
             return
         spec = self._placed.get((event.job_id, event.task_id))
-        if spec is None:
+        job = self.view.jobs.get(event.job_id)
+        if spec is None or job is None or job.state != JobState.ACTIVE:
             return
         if event.code == "JobPreparationTaskFailed":
             self._excluded.setdefault(event.job_id, set()).add(event.node_id)
@@ -234,9 +233,7 @@ class BatchClient:
         self._transport.publish(self.topics.job(job.id), job.to_json(), retain=True)
         await self._transport.flush(timeout_s=self.command_timeout_s)
 
-    async def terminate_job(
-        self, job_id: str, reason: str = "UserTerminate", *, timeout_s: float = 120
-    ) -> Job:
+    async def terminate_job(self, job_id: str, reason: str = "UserTerminate", *, timeout_s: float = 120) -> Job:
         """Set the job terminating; once every node that ran preparation released, mark it completed."""
         job = self._job(job_id)
         await self._publish_job(
@@ -248,12 +245,29 @@ class BatchClient:
                 }
             )
         )
+        self._end_unowned_tasks(job_id)
         await self.wait_until(lambda: self._released(job_id), timeout_s)
         completed = self._job(job_id).model_copy(
             update={"state": JobState.COMPLETED, "state_transition_time": utcnow()}
         )
         await self._publish_job(completed)
         return completed
+
+    def _end_unowned_tasks(self, job_id: str) -> None:
+        """Tasks handed back and placed nowhere have no agent to end them: the driver completes them with
+        TaskEnded, as Azure Batch completes a terminated job's active tasks."""
+        failure = FailureInfo(category="usererror", code="TaskEnded", message="the job was terminated")
+        for task in self.list_tasks(job_id):
+            if task.node_info is not None or task.state == TaskState.COMPLETED:
+                continue
+            info = task.execution_info.model_copy(
+                update={"end_time": utcnow(), "result": TaskResult.FAILURE, "failure_info": failure}
+            )
+            ended = task.model_copy(
+                update={"state": TaskState.COMPLETED, "state_transition_time": utcnow(), "execution_info": info}
+            )
+            self.view.tasks[(job_id, task.id)] = ended
+            self._transport.publish(self.topics.task(job_id, task.id), ended.to_json(), retain=True)
 
     def _released(self, job_id: str) -> bool:
         job = self._job(job_id)
@@ -273,9 +287,7 @@ class BatchClient:
     async def delete_job(self, job_id: str, *, timeout_s: float = 120) -> None:
         """Set the job deleting; once every node cleaned up, remove its retained document."""
         job = self._job(job_id)
-        await self._publish_job(
-            job.model_copy(update={"state": JobState.DELETING, "state_transition_time": utcnow()})
-        )
+        await self._publish_job(job.model_copy(update={"state": JobState.DELETING, "state_transition_time": utcnow()}))
         await self.wait_until(lambda: self._cleaned_up(job_id), timeout_s)
         self.view.jobs.pop(job_id, None)
         for task in self.list_tasks(job_id):  # handed back and never placed again: no node clears these
@@ -394,18 +406,14 @@ class BatchClient:
         def ready() -> list[NodeState] | None:
             states = [self.view.nodes.get(node_id) for node_id in ids]
             ok = all(
-                s is not None
-                and s.state == NodeStateName.IDLE
-                and (since is None or s.last_heartbeat >= since)
+                s is not None and s.state == NodeStateName.IDLE and (since is None or s.last_heartbeat >= since)
                 for s in states
             )
             return states if ok else None  # type: ignore[return-value]
 
         return await self.wait_until(ready, timeout_s)
 
-    async def list_files(
-        self, node_id: str, path: str = "", *, recursive: bool = False
-    ) -> list[dict[str, Any]]:
+    async def list_files(self, node_id: str, path: str = "", *, recursive: bool = False) -> list[dict[str, Any]]:
         result = await self.command(node_id, {"type": "listFiles", "path": path, "recursive": recursive})
         return list(result["value"])
 

@@ -68,6 +68,4 @@ class RecordStore:
         folder = self.root.joinpath(*key)
         if not folder.is_dir():
             return []
-        return sorted(
-            entry.name.removesuffix(".json") for entry in folder.iterdir() if not entry.name.startswith(".")
-        )
+        return sorted(entry.name.removesuffix(".json") for entry in folder.iterdir() if not entry.name.startswith("."))

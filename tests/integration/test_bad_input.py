@@ -124,9 +124,7 @@ UNANSWERABLE = [
 ]
 
 
-async def test_malformed_json_is_reported_as_a_command_rejected_event(
-    pool, client: BatchClient, raw: RawMqtt
-) -> None:
+async def test_malformed_json_is_reported_as_a_command_rejected_event(pool, client: BatchClient, raw: RawMqtt) -> None:
     [node] = await pool(1)
     rejected = collect_rejections(client)
     for payload in UNANSWERABLE:
@@ -197,9 +195,7 @@ INVALID_COMMANDS = [
 ]
 
 
-async def test_invalid_commands_get_an_invalid_command_reply_naming_the_field(
-    pool, client: BatchClient
-) -> None:
+async def test_invalid_commands_get_an_invalid_command_reply_naming_the_field(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     for body, field in INVALID_COMMANDS:
         with pytest.raises(CommandError) as refused:
@@ -276,9 +272,7 @@ async def test_reply_to_outside_the_clients_replies_topics_is_refused_and_never_
         await raw.publish(commands_topic(raw, node), json.dumps(body).encode())
     # Every one is refused, as an event (there is no usable reply topic), and nothing is done.
     await client.wait_until(lambda: len(rejected) >= len(forged), TIMEOUT_S)
-    assert sorted(event.request_id or "" for event in rejected) == sorted(
-        f"forged{n}" for n in range(len(forged))
-    )
+    assert sorted(event.request_id or "" for event in rejected) == sorted(f"forged{n}" for n in range(len(forged)))
     assert {event.code for event in rejected} == {"InvalidCommand"}
     assert all(event.message is not None and "replyTo" in event.message for event in rejected)
 

@@ -38,9 +38,7 @@ _AMQTT_NO_OFFLINE_QUEUE = pytest.param(
     ),
 )
 BOTH_KINDS = pytest.mark.parametrize("broker", [_MOSQUITTO, _AMQTT], indirect=True)
-PERSISTENT_SESSION_KINDS = pytest.mark.parametrize(
-    "broker", [_MOSQUITTO, _AMQTT_NO_OFFLINE_QUEUE], indirect=True
-)
+PERSISTENT_SESSION_KINDS = pytest.mark.parametrize("broker", [_MOSQUITTO, _AMQTT_NO_OFFLINE_QUEUE], indirect=True)
 
 # Runs in a child process so that SIGKILL closes its socket with no DISCONNECT, like a crashed agent.
 _DYING_CLIENT = textwrap.dedent(
@@ -60,9 +58,7 @@ _DYING_CLIENT = textwrap.dedent(
 
 
 @pytest.fixture
-def broker(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BrokerHandle]:
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerHandle]:
     """A fresh broker of the parametrized kind, stopped after the test."""
     with running_broker(tmp_path_factory.mktemp(request.param), kind=request.param) as handle:
         assert handle.kind == request.param

@@ -18,8 +18,13 @@ TASK_LINE = re.compile(r"^  task00[1-8]$")
 
 async def run_demo(env: dict[str, str]) -> tuple[int, list[str], str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node_agent", "demo",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "node_agent",
+        "demo",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(90):
         out, err = await proc.communicate()

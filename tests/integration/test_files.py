@@ -236,9 +236,7 @@ async def test_recursive_list_of_the_root_has_no_entry_outside_it(pool, client: 
     assert all(f["isDirectory"] is False for f in links.values())
 
 
-async def test_list_files_of_a_missing_directory_or_a_file_is_file_not_found(
-    pool, client: BatchClient
-) -> None:
+async def test_list_files_of_a_missing_directory_or_a_file_is_file_not_found(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     (shared(node) / "file.txt").write_text("x")
     for path in ("shared/none", "shared/file.txt"):

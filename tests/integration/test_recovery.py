@@ -9,32 +9,29 @@ import psutil
 from node_agent.client.pool import BatchClient
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import Event, TaskState
-from tests.conftest import wait_for_file, wait_ready
+from tests.conftest import wait_ready
+from tests.processes import Fifo, has_exited, open_pidfd
 
-LONG_TASK = "/bin/sh -c 'echo $$ > pid; sleep 300'"
+LONG_TASK = "/bin/sh -c 'echo $$ > $AZ_BATCH_NODE_SHARED_DIR/pid; sleep 300'"
 
 
-async def test_restart_after_sigkill_kills_the_orphaned_task_and_hands_it_back(
-    pool, client: BatchClient
-) -> None:
+async def test_restart_after_sigkill_kills_the_orphaned_task_and_hands_it_back(pool, client: BatchClient) -> None:
     [agent] = await pool(1)
     events: list[Event] = []
     client.on_event = events.append
     await client.create_job(Job(id="j1"))
+    pids = Fifo(agent.root / "shared/pid")  # opened before the task starts; the task writes its pid into it
     await client.add_task("j1", TaskSpec(id="t1", command_line=LONG_TASK), node_id=agent.node_id)
-    await client.wait_until(
-        lambda: (t := client.view.tasks.get(("j1", "t1"))) and t.state == TaskState.RUNNING, 20
-    )
-    pid_file = agent.root / "workitems/j1/job-1/t1/wd/pid"
-    await wait_for_file(pid_file)
-    orphan = psutil.Process(int(pid_file.read_text()))
+    pid = int(await pids.read_line())
+    pids.close()
+    orphan = open_pidfd(pid)
 
     await agent.kill()
-    assert orphan.is_running(), "the task outlives a SIGKILLed agent"
+    assert psutil.pid_exists(pid), "the task outlives a SIGKILLed agent"
     await agent.start()
     await wait_ready(client, [agent])
 
-    await asyncio.to_thread(orphan.wait, 10)  # raises TimeoutExpired if the orphan was not killed
+    assert await asyncio.to_thread(has_exited, orphan), "the restarted agent killed the orphaned task"
     handed_back = await client.wait_until(
         lambda: next((e for e in events if e.type == "taskHandedBack" and e.task_id == "t1"), None), 20
     )

@@ -3,9 +3,7 @@ on bad configuration (PROTOCOL.md "Running an agent")."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import select
 import shlex
 import subprocess
 import sys
@@ -17,64 +15,9 @@ from node_agent.client.pool import BatchClient
 from node_agent.localpool import LocalAgent
 from node_agent.wire.specs import Job
 from node_agent.wire.status import Event, NodeStateName, Task, TaskState
+from tests.processes import Fifo, has_exited, open_pidfd
 
 TIMEOUT_S = 20.0
-
-
-class Fifo:
-    """A named pipe a task writes one line into, opened (non-blocking) before the task starts: the test waits
-    on it instead of sleeping."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        os.mkfifo(path)
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-
-    async def read_line(self, timeout_s: float = TIMEOUT_S) -> str:
-        loop = asyncio.get_running_loop()
-        data = b""
-        async with asyncio.timeout(timeout_s):
-            while b"\n" not in data:
-                ready = loop.create_future()
-                loop.add_reader(self.fd, _resolve, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self.fd)
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise EOFError(f"{self.path} closed before a full line: {data!r}")
-                data += chunk
-        return data.decode().strip()
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def has_exited(pidfd: int | None, timeout_s: float = TIMEOUT_S) -> bool:
-    """Whether the process exited (a zombie nobody reaps counts), waiting up to ``timeout_s`` on its pidfd."""
-    if pidfd is None:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout_s)
-        return bool(readable)
-    finally:
-        os.close(pidfd)
-
-
-def open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
 
 
 def node_state(client: BatchClient, node: LocalAgent, state: NodeStateName) -> bool:
@@ -128,9 +71,7 @@ async def test_sigterm_during_a_task_kills_its_tree_and_hands_back_running_and_w
 
     def retained(task_id: str) -> Task | None:
         task = client.view.tasks.get(("j", task_id))
-        return (
-            task if task is not None and task.state == TaskState.ACTIVE and task.node_info is None else None
-        )
+        return task if task is not None and task.state == TaskState.ACTIVE and task.node_info is None else None
 
     for task_id in ("long", "queued"):
         task = await client.wait_until(lambda task_id=task_id: retained(task_id), TIMEOUT_S)
@@ -190,9 +131,7 @@ BAD_SETTINGS = [
 
 
 @pytest.mark.parametrize(("env", "reason"), BAD_SETTINGS, ids=[reason for _, reason in BAD_SETTINGS])
-def test_bad_configuration_exits_2_with_a_one_line_reason(
-    tmp_path: Path, env: dict[str, str], reason: str
-) -> None:
+def test_bad_configuration_exits_2_with_a_one_line_reason(tmp_path: Path, env: dict[str, str], reason: str) -> None:
     result = run_agent(tmp_path, env)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import select
 import shlex
 import sys
 import uuid
@@ -34,6 +32,7 @@ from node_agent.wire.specs import (
     TaskSpec,
 )
 from node_agent.wire.status import Event, NodeState, Task, TaskResult, TaskState
+from tests.processes import Fifo, has_exited, open_pidfd
 
 TIMEOUT_S = 20.0
 
@@ -56,65 +55,6 @@ async def run_task(client: BatchClient, job_id: str, spec: TaskSpec, node: Local
     return task
 
 
-class Fifo:
-    """A named pipe a task writes one line into: the test waits on it instead of sleeping.
-
-    Opened for reading (non-blocking) before the task starts, so the task's write never blocks.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        os.mkfifo(path)
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-
-    async def read_line(self, timeout_s: float = TIMEOUT_S) -> str:
-        loop = asyncio.get_running_loop()
-        data = b""
-        async with asyncio.timeout(timeout_s):
-            while b"\n" not in data:
-                ready = loop.create_future()
-                loop.add_reader(self.fd, _resolve, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self.fd)
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise EOFError(f"{self.path} closed before a full line: {data!r}")
-                data += chunk
-        return data.decode().strip()
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def open_pidfd(pid: int) -> int | None:
-    """A pidfd for ``pid`` (None if it is already gone); it becomes readable when the process exits."""
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-
-
-def has_exited(pidfd: int | None, timeout_s: float = TIMEOUT_S) -> bool:
-    """Whether the process exited (a zombie nobody reaps counts as exited), waiting up to ``timeout_s``."""
-    if pidfd is None:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout_s)
-        return bool(readable)
-    finally:
-        os.close(pidfd)
-
-
 class RawMqtt:
     """A plain MQTT client for what BatchClient never sends: one raw command twice, retained documents."""
 
@@ -124,9 +64,7 @@ class RawMqtt:
         self.reply_topic = f"{prefix}/clients/raw{uuid.uuid4().hex[:12]}/replies"
         self.messages: list[tuple[str, bytes]] = []
         self._changed = asyncio.Condition()
-        self._client = aiomqtt.Client(
-            self.address.host, self.address.port, identifier=f"raw-{uuid.uuid4().hex}"
-        )
+        self._client = aiomqtt.Client(self.address.host, self.address.port, identifier=f"raw-{uuid.uuid4().hex}")
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RawMqtt:
@@ -220,9 +158,7 @@ async def test_exit_code_decides_result_and_failure_info(pool, client: BatchClie
 # -- command line, output files, environment -----------------------------------------------------------------
 
 
-async def test_command_line_runs_without_a_shell_and_output_goes_to_task_files(
-    pool, client: BatchClient
-) -> None:
+async def test_command_line_runs_without_a_shell_and_output_goes_to_task_files(pool, client: BatchClient) -> None:
     [node] = await pool(1, task_slots=2)
     await client.create_job(Job(id="j"))
     literal = TaskSpec(id="echo", command_line="echo $HOME 'a  b' ; `id` > x")
@@ -368,9 +304,7 @@ async def test_terminate_task_ends_running_and_waiting_tasks_with_task_ended(
     await client.create_job(Job(id="j"))
     fifo = Fifo(tmp_path / "grandchild.pid")
     try:
-        await client.add_task(
-            "j", TaskSpec(id="long", command_line=tree_script(fifo.path)), node_id=node.node_id
-        )
+        await client.add_task("j", TaskSpec(id="long", command_line=tree_script(fifo.path)), node_id=node.node_id)
         grandchild = open_pidfd(int(await fifo.read_line()))
     finally:
         fifo.close()
@@ -482,9 +416,7 @@ async def test_repeated_add_task_runs_the_task_once_and_acks_every_copy(
 # -- what a task may ask for and what the agent refuses ------------------------------------------------------
 
 
-async def test_resource_files_fail_the_task_with_resource_files_not_supported(
-    pool, client: BatchClient
-) -> None:
+async def test_resource_files_fail_the_task_with_resource_files_not_supported(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     await client.create_job(Job(id="j"))
     spec = TaskSpec(
@@ -517,9 +449,7 @@ async def test_task_id_of_the_preparation_or_release_task_is_refused(pool, clien
     ]
     for job_id, task_id, code in cases:
         with pytest.raises(CommandError) as refused:
-            await client.add_task(
-                job_id, TaskSpec(id=task_id, command_line="/bin/true"), node_id=node.node_id
-            )
+            await client.add_task(job_id, TaskSpec(id=task_id, command_line="/bin/true"), node_id=node.node_id)
         assert (refused.value.code, task_id in refused.value.message) == (code, True)
         assert client.view.tasks.get((job_id, task_id)) is None
     # nothing of either job ran: a refused add changes nothing
@@ -527,9 +457,7 @@ async def test_task_id_of_the_preparation_or_release_task_is_refused(pool, clien
     assert not (node.root / "workitems" / "default").exists()
 
 
-async def test_add_task_to_a_job_without_document_is_refused_with_job_not_found(
-    pool, client: BatchClient
-) -> None:
+async def test_add_task_to_a_job_without_document_is_refused_with_job_not_found(pool, client: BatchClient) -> None:
     [node] = await pool(1, env={"NODE_AGENT_JOB_WAIT": "PT1S"})
     with pytest.raises(CommandError) as refused:
         await client.add_task("ghost", TaskSpec(id="t", command_line="/bin/true"), node_id=node.node_id)
@@ -541,9 +469,7 @@ async def test_add_task_to_a_job_without_document_is_refused_with_job_not_found(
     assert task.execution_info.result == TaskResult.SUCCESS
 
 
-async def test_add_task_to_an_ended_job_is_refused_with_job_not_active(
-    pool, client: BatchClient, raw: RawMqtt
-) -> None:
+async def test_add_task_to_an_ended_job_is_refused_with_job_not_active(pool, client: BatchClient, raw: RawMqtt) -> None:
     [node] = await pool(1)
     commands = f"{raw.prefix}/nodes/{node.node_id}/commands"
     for state in ("terminating", "completed", "deleting"):
@@ -568,9 +494,7 @@ async def test_add_task_to_an_ended_job_is_refused_with_job_not_active(
 async def test_disabled_scheduling_refuses_new_tasks_until_enabled(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     await client.create_job(Job(id="j"))
-    assert await client.command(node.node_id, {"type": "disableScheduling"}) == {
-        "schedulingState": "disabled"
-    }
+    assert await client.command(node.node_id, {"type": "disableScheduling"}) == {"schedulingState": "disabled"}
     await client.wait_until(
         lambda: (state := client.view.nodes.get(node.node_id)) and state.scheduling_state == "disabled",
         TIMEOUT_S,

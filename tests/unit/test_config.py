@@ -65,9 +65,7 @@ def test_toml_file_values_are_read(tmp_path: Path) -> None:
     assert settings.brokers == [BrokerAddress("broker.example", 8884, tls=True)]
 
 
-def test_environment_variable_wins_over_the_toml_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_variable_wins_over_the_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = write_toml(tmp_path, 'node_id = "from-file"\ntask_slots = 3\npool_id = "file-pool"\n')
     monkeypatch.setenv("NODE_AGENT_NODE_ID", "from-env")
     monkeypatch.setenv("NODE_AGENT_TASK_SLOTS", "7")
@@ -140,9 +138,7 @@ def test_broker_url_default_ports_and_tls() -> None:
 
 def test_broker_url_user_and_password_are_url_decoded() -> None:
     [address] = parse_broker_urls("mqtts://agent%40pool:p%3As%2Fw%40rd@broker.example:8884")
-    assert address == BrokerAddress(
-        "broker.example", 8884, tls=True, username="agent@pool", password="p:s/w@rd"
-    )
+    assert address == BrokerAddress("broker.example", 8884, tls=True, username="agent@pool", password="p:s/w@rd")
     [user_only] = parse_broker_urls("mqtt://agent@broker")
     assert (user_only.username, user_only.password) == ("agent", None)
 

@@ -110,9 +110,7 @@ def test_command_line_is_split_like_a_posix_shell_without_expansion() -> None:
     assert split_command_line("/bin/sh -c 'exit 3'") == ["/bin/sh", "-c", "exit 3"]
 
 
-@pytest.mark.parametrize(
-    ("command_line", "reason"), [("", "empty"), ("   ", "empty"), ("echo 'open", "parsed")]
-)
+@pytest.mark.parametrize(("command_line", "reason"), [("", "empty"), ("   ", "empty"), ("echo 'open", "parsed")])
 def test_empty_or_unparseable_command_line_is_command_launch_failed(command_line: str, reason: str) -> None:
     with pytest.raises(TaskFailure) as failure:
         split_command_line(command_line)
@@ -149,9 +147,7 @@ async def test_missing_program_is_command_program_not_found(tmp_path: Path) -> N
         await run_process(spec(tmp_path, "/no/such/program"), asyncio.Event())
     assert failure.value.code == "CommandProgramNotFound"
     with pytest.raises(TaskFailure) as failure:
-        await run_process(
-            spec(tmp_path, "no-such-program-on-path", env={"PATH": str(tmp_path)}), asyncio.Event()
-        )
+        await run_process(spec(tmp_path, "no-such-program-on-path", env={"PATH": str(tmp_path)}), asyncio.Event())
     assert failure.value.code == "CommandProgramNotFound"
 
 

@@ -194,9 +194,7 @@ def test_timestamps_serialise_as_rfc_3339_utc_with_z() -> None:
 def test_payloads_use_camel_case_and_omit_none() -> None:
     task = Task(id="t", command_line="x", state=TaskState.ACTIVE, state_transition_time=datetime.now(UTC))
     dumped = json.loads(task.to_json())
-    assert {"id", "commandLine", "state", "stateTransitionTime", "executionInfo", "constraints"} <= set(
-        dumped
-    )
+    assert {"id", "commandLine", "state", "stateTransitionTime", "executionInfo", "constraints"} <= set(dumped)
     assert "nodeInfo" not in dumped and "userIdentity" not in dumped
     assert all("_" not in key for key in dumped)
 
