@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from node_agent.brokers import BrokerHandle, running_broker
-from node_agent.client.pool import BatchClient
+from node_agent.client.pool import BatchClient, CommandError
 from node_agent.localpool import LocalAgent, make_agents
+from tests.raw_mqtt import RawMqtt
 
 READY_TIMEOUT_S = 20.0
 
@@ -32,6 +33,13 @@ def prefix() -> str:
 async def client(mqtt_broker: BrokerHandle, prefix: str) -> AsyncIterator[BatchClient]:
     async with BatchClient(mqtt_broker.url, topic_prefix=prefix, command_timeout_s=20) as batch_client:
         yield batch_client
+
+
+@pytest.fixture
+async def raw(mqtt_broker: BrokerHandle, prefix: str) -> AsyncIterator[RawMqtt]:
+    """A plain MQTT client on the test's prefix (see tests/raw_mqtt.py)."""
+    async with RawMqtt(mqtt_broker, prefix) as raw_client:
+        yield raw_client
 
 
 StartPool = Callable[..., Awaitable[list[LocalAgent]]]
@@ -75,3 +83,13 @@ async def restart(client: BatchClient, agent: LocalAgent) -> None:
     await agent.stop()
     await agent.start()
     await wait_ready(client, [agent])
+
+
+async def count_lines(client: BatchClient, node_id: str, path: str) -> int:
+    """How many lines a counter file has on the node, read over the wire (0 if it does not exist)."""
+    try:
+        return len((await client.get_file(node_id, path)).splitlines())
+    except CommandError as exc:
+        if exc.code == "FileNotFound":
+            return 0
+        raise

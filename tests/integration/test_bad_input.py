@@ -3,82 +3,21 @@ forged reply topics and malformed retained job documents are refused, and the ag
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiomqtt
 import pytest
 
-from node_agent.brokers import BrokerHandle
 from node_agent.client.pool import BatchClient, CommandError
-from node_agent.config import parse_broker_urls
 from node_agent.ids import ID_RULE
 from node_agent.localpool import LocalAgent
 from node_agent.wire.commands import Reply
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import Event, NodeState, NodeStateName, TaskResult
+from tests.raw_mqtt import RawMqtt
 
 TIMEOUT_S = 20.0
-
-
-class RawMqtt:
-    """A plain MQTT client, to publish what BatchClient never would and to watch every topic."""
-
-    def __init__(self, broker: BrokerHandle, prefix: str) -> None:
-        [address] = parse_broker_urls(broker.url)
-        self.prefix = prefix
-        self.reply_topic = f"{prefix}/clients/raw{uuid.uuid4().hex[:12]}/replies"
-        self.messages: list[tuple[str, bytes]] = []
-        self._changed = asyncio.Condition()
-        self._client = aiomqtt.Client(address.host, address.port, identifier=f"raw-{uuid.uuid4().hex}")
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> RawMqtt:
-        await self._client.__aenter__()
-        await self._client.subscribe(self.reply_topic, qos=1)
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._reader is not None
-        self._reader.cancel()
-        await asyncio.wait({self._reader})
-        await self._client.__aexit__(None, None, None)
-
-    async def subscribe(self, topic: str) -> None:
-        await self._client.subscribe(topic, qos=1)
-
-    async def _read(self) -> None:
-        async for message in self._client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            async with self._changed:
-                self.messages.append((message.topic.value, payload))
-                self._changed.notify_all()
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        await self._client.publish(topic, payload, qos=1, retain=retain)
-
-    def on_topic(self, topic: str) -> list[bytes]:
-        return [payload for t, payload in self.messages if t == topic]
-
-    def replies(self, request_id: str) -> list[dict[str, Any]]:
-        found = [json.loads(p) for p in self.on_topic(self.reply_topic)]
-        return [reply for reply in found if reply.get("requestId") == request_id]
-
-    async def wait_until(self, predicate: Callable[[], Any], timeout_s: float = TIMEOUT_S) -> Any:
-        async with asyncio.timeout(timeout_s), self._changed:
-            while not (result := predicate()):
-                await self._changed.wait()
-            return result
-
-
-@pytest.fixture
-async def raw(mqtt_broker: BrokerHandle, prefix: str) -> AsyncIterator[RawMqtt]:
-    async with RawMqtt(mqtt_broker, prefix) as raw_client:
-        yield raw_client
 
 
 def commands_topic(raw: RawMqtt, node: LocalAgent) -> str:

@@ -14,7 +14,7 @@ from node_agent.wire.status import (
     TaskResult,
     TaskState,
 )
-from tests.conftest import restart, wait_ready
+from tests.conftest import count_lines, restart, wait_ready
 
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
@@ -31,16 +31,6 @@ def sh(script: str) -> str:
 
 def open_gate(agent: LocalAgent) -> None:
     (agent.root / "shared" / "go").touch()
-
-
-async def count_lines(client: BatchClient, node_id: str, path: str) -> int:
-    """How many lines a counter file has on the node, read over the wire (0 if it does not exist)."""
-    try:
-        return len((await client.get_file(node_id, path)).splitlines())
-    except CommandError as exc:
-        if exc.code == "FileNotFound":
-            return 0
-        raise
 
 
 async def prep_info(

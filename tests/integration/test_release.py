@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from node_agent.brokers import BrokerHandle
-from node_agent.client.pool import BatchClient, CommandError
+from node_agent.client.pool import BatchClient
 from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, JobState, TaskSpec
 from node_agent.wire.status import (
     Event,
@@ -17,7 +17,7 @@ from node_agent.wire.status import (
     TaskResult,
     TaskState,
 )
-from tests.conftest import restart, wait_ready
+from tests.conftest import count_lines, restart, wait_ready
 
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
@@ -40,16 +40,6 @@ def counted_job(job_id: str, release_script: str = "true", *, prep_script: str =
             command_line=sh(f"echo x >> {SHARED}/release-count && {release_script}"), **release
         ),
     )
-
-
-async def count_lines(client: BatchClient, node_id: str, path: str) -> int:
-    """How many lines a counter file has on the node, read over the wire (0 if it does not exist)."""
-    try:
-        return len((await client.get_file(node_id, path)).splitlines())
-    except CommandError as exc:
-        if exc.code == "FileNotFound":
-            return 0
-        raise
 
 
 def release_info(client: BatchClient, job_id: str, node_id: str) -> JobReleaseTaskExecutionInformation:

@@ -6,21 +6,14 @@ task once) and the addTask error codes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 import sys
-import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
 import pytest
 
-from node_agent.brokers import BrokerHandle
 from node_agent.client.pool import BatchClient, CommandError
-from node_agent.config import parse_broker_urls
 from node_agent.localpool import LocalAgent
 from node_agent.wire.specs import (
     EnvironmentSetting,
@@ -33,6 +26,7 @@ from node_agent.wire.specs import (
 )
 from node_agent.wire.status import Event, NodeState, Task, TaskResult, TaskState
 from tests.processes import Fifo, has_exited, open_pidfd
+from tests.raw_mqtt import RawMqtt
 
 TIMEOUT_S = 20.0
 
@@ -53,67 +47,6 @@ async def run_task(client: BatchClient, job_id: str, spec: TaskSpec, node: Local
     await client.add_task(job_id, spec, node_id=node.node_id)
     [task] = await client.wait_for_tasks(job_id, [spec.id], timeout_s=TIMEOUT_S)
     return task
-
-
-class RawMqtt:
-    """A plain MQTT client for what BatchClient never sends: one raw command twice, retained documents."""
-
-    def __init__(self, broker: BrokerHandle, prefix: str) -> None:
-        [self.address] = parse_broker_urls(broker.url)
-        self.prefix = prefix
-        self.reply_topic = f"{prefix}/clients/raw{uuid.uuid4().hex[:12]}/replies"
-        self.messages: list[tuple[str, bytes]] = []
-        self._changed = asyncio.Condition()
-        self._client = aiomqtt.Client(self.address.host, self.address.port, identifier=f"raw-{uuid.uuid4().hex}")
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> RawMqtt:
-        await self._client.__aenter__()
-        await self._client.subscribe(self.reply_topic, qos=1)
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._reader is not None
-        self._reader.cancel()
-        await asyncio.wait({self._reader})
-        await self._client.__aexit__(None, None, None)
-
-    async def subscribe(self, topic: str) -> None:
-        await self._client.subscribe(topic, qos=1)
-
-    async def _read(self) -> None:
-        async for message in self._client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            async with self._changed:
-                self.messages.append((message.topic.value, payload))
-                self._changed.notify_all()
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        await self._client.publish(topic, payload, qos=1, retain=retain)
-
-    def on_topic(self, topic: str) -> list[bytes]:
-        return [payload for t, payload in self.messages if t == topic]
-
-    def replies(self, request_id: str) -> list[dict[str, Any]]:
-        found = [json.loads(p) for p in self.on_topic(self.reply_topic)]
-        return [reply for reply in found if reply.get("requestId") == request_id]
-
-    async def wait_until(self, predicate: Callable[[], Any], timeout_s: float = TIMEOUT_S) -> Any:
-        async with asyncio.timeout(timeout_s), self._changed:
-            while not (result := predicate()):
-                await self._changed.wait()
-            return result
-
-    def command(self, node_id: str, body: dict[str, Any], request_id: str) -> bytes:
-        message = {**body, "requestId": request_id, "replyTo": self.reply_topic}
-        return json.dumps(message).encode()
-
-
-@pytest.fixture
-async def raw(mqtt_broker: BrokerHandle, prefix: str) -> AsyncIterator[RawMqtt]:
-    async with RawMqtt(mqtt_broker, prefix) as raw_client:
-        yield raw_client
 
 
 # -- exit codes and failureInfo ------------------------------------------------------------------------------
