@@ -17,6 +17,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check node_agent tests examples bench
 .venv/bin/ruff format --check --quiet node_agent tests examples bench
+.venv/bin/mypy node_agent
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -119,7 +119,7 @@ def check_supported(plan: AttemptPlan) -> None:
 
 
 def _failure(exc: TaskFailure) -> FailureInfo:
-    return FailureInfo(category=exc.category, code=exc.code, message=exc.message)  # type: ignore[arg-type]
+    return FailureInfo(category=exc.category, code=exc.code, message=exc.message)
 
 
 def _exit_failure(result: ExitResult, plan: AttemptPlan) -> FailureInfo | None:

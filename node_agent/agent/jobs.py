@@ -59,7 +59,7 @@ class JobManager:
 
     @property
     def running_count(self) -> int:
-        return sum(run.task.state == TaskState.RUNNING for job in self.jobs.values() for run in job.tasks.values())
+        return sum(run.is_running for job in self.jobs.values() for run in job.tasks.values())
 
     def set_scheduling(self, *, enabled: bool) -> None:
         """disableScheduling lets running and waiting tasks finish and refuses new ones (taskcompletion)."""
@@ -257,12 +257,12 @@ class JobManager:
         """End a waiting or running task with TaskEnded and wait until it is recorded completed."""
         if run.is_finished or run.worker is None:
             return
-        if run.task.state == TaskState.RUNNING:
+        if run.is_running:
             run.kill.set()
             await asyncio.wait({run.worker})
             return
         await _cancel(run.worker)
-        if run.is_finished or run.task.state == TaskState.RUNNING:
+        if run.is_finished or run.is_running:
             return  # it finished or started before the cancel reached it
         failure = FailureInfo(category="usererror", code="TaskEnded", message=message)
         outcome = Outcome(end_time=utcnow(), result=TaskResult.FAILURE, failure_info=failure)
@@ -288,9 +288,9 @@ class JobManager:
         self.accepting = False
         runs = [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
         for run in runs:
-            if run.task.state != TaskState.RUNNING and run.worker is not None:
+            if not run.is_running and run.worker is not None:
                 await _cancel(run.worker)
-                if not run.is_finished and run.task.state != TaskState.RUNNING:
+                if not run.is_finished and not run.is_running:
                     await self.hand_back(run, "NodeAgentStopped", "the agent stopped before the task started")
         workers = [run.worker for run in runs if run.worker is not None and not run.worker.done()]
         if workers:

@@ -39,7 +39,7 @@ class NodeStateReporter:
             node_id=self.publisher.node_id,
             pool_id=self.publisher.pool_id,
             state=name,
-            scheduling_state=self.scheduling,  # type: ignore[arg-type]
+            scheduling_state=self.scheduling,
             task_slots=self.task_slots,
             running_task_slots_count=self.running,
             agent_version=__version__,

@@ -23,7 +23,7 @@ log = structlog.get_logger(__name__)
 
 def _create_time(pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
+        return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return None
 

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import (
     JobPreparationAndReleaseTaskExecutionInformation,
@@ -32,6 +34,10 @@ class TaskRun:
     @property
     def is_finished(self) -> bool:
         return self.task.state == TaskState.COMPLETED
+
+    @property
+    def is_running(self) -> bool:
+        return self.task.state == TaskState.RUNNING
 
     def update(self, **changes: Any) -> Task:
         self.task = self.task.model_copy(update=changes)
@@ -68,7 +74,10 @@ class NodeJob:
 
     def record(self) -> dict[str, Any]:
         """The durable form (store key ("jobs", id, "job"))."""
-        dump = lambda model: model.model_dump(mode="json", by_alias=True) if model else None  # noqa: E731
+
+        def dump(model: BaseModel | None) -> dict[str, Any] | None:
+            return model.model_dump(mode="json", by_alias=True) if model is not None else None
+
         return {
             "version": 1,
             "doc": dump(self.doc),
