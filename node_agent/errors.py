@@ -4,7 +4,7 @@ AgentError
 ├── InputError       bad command/id/path -> error reply, state unchanged   (agent/dispatch.py)
 ├── TaskFailure      failureInfo of one attempt                             (agent/attempts.py)
 ├── ConfigError      bad settings -> one-line reason, exit 2                (cli.py)
-└── StoreCorrupt     unreadable durable state -> exit 3                     (agent/supervisor.py)
+└── StoreCorrupt     unreadable durable state -> exit 3                     (cli.py)
 """
 
 from __future__ import annotations

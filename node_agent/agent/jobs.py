@@ -82,6 +82,7 @@ class JobManager:
         if (known := job.tasks.get(spec.id)) is not None:  # a duplicate arrived while we waited
             await known.recorded.wait()
             return known.task
+        self._check_accepting()  # the agent may have begun stopping while we waited
         self._check_acceptable(job, doc, spec)
         run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec))
         job.tasks[spec.id] = run

@@ -10,6 +10,7 @@ AZ_BATCH_NODE_ROOT_DIR (which also covers a kill in the moment between spawn and
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 import psutil
@@ -77,7 +78,10 @@ class ProcessRegistry:
     def _of_this_node(self) -> set[int]:
         """Processes started as tasks of this node root (the agent that started them is gone: we just started)."""
         found = set()
+        this_agent = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
         for proc in psutil.process_iter():
+            if proc.pid in this_agent:  # never the agent itself, even when it was started from a task
+                continue
             try:
                 if proc.environ().get("AZ_BATCH_NODE_ROOT_DIR") == self.node_root:
                     found.add(proc.pid)

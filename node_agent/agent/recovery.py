@@ -38,7 +38,11 @@ async def recover(manager: JobManager) -> None:
             job = NodeJob.from_record(job_id, record) if record else NodeJob(id=job_id)
             runs = [TaskRun(job_id=job_id, task=Task.model_validate(document)) for document in tasks]
         except ValidationError as exc:
-            raise StoreCorrupt(f"a record of job {job_id!r} does not match its schema: {exc}") from exc
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise StoreCorrupt(
+                f"a record of job {job_id!r} does not match its schema: {where}: {error['msg']}"
+            ) from exc
         if job.prep_boot_id != manager.ctx.boot_id:
             job.prep_blocked = False  # a reboot lifts the block: the preparation will run again
         for run in runs:

@@ -57,11 +57,14 @@ class RecordStore:
         """Read one record (start-up only; call through asyncio.to_thread from the loop)."""
         path = self._path(key)
         try:
-            return json.loads(path.read_bytes())  # type: ignore[no-any-return]
+            document = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             raise StoreCorrupt(f"record {path} is unreadable: {exc}") from exc
+        if not isinstance(document, dict):
+            raise StoreCorrupt(f"record {path} is unreadable: not a JSON object")
+        return document
 
     def children(self, key: Key) -> list[str]:
         """Names of the records and folders directly below ``key`` (start-up only)."""
