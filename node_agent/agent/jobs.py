@@ -74,14 +74,12 @@ class JobManager:
     async def add_task(self, job_id: str, spec: TaskSpec) -> Task:
         """Record the task durably, start it, and return its state (the same state for a repeated add)."""
         job = self.job(job_id)
-        if (known := job.tasks.get(spec.id)) is not None:
-            await known.recorded.wait()
-            return known.task
+        if (known := await self._known(job, spec.id)) is not None:
+            return known
         self._check_accepting()
         doc = await self._job_document(job)
-        if (known := job.tasks.get(spec.id)) is not None:  # a duplicate arrived while we waited
-            await known.recorded.wait()
-            return known.task
+        if (known := await self._known(job, spec.id)) is not None:  # a duplicate arrived while we waited
+            return known
         self._check_accepting()  # the agent may have begun stopping while we waited
         self._check_acceptable(job, doc, spec)
         run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec))
@@ -91,11 +89,22 @@ class JobManager:
         except BaseException:
             job.tasks.pop(spec.id, None)
             raise
-        run.recorded.set()
+        finally:
+            run.recorded.set()  # wakes duplicates; _known tells them whether the record was made
         self.ctx.publisher.task(job_id, run.task)
         run.worker = self.ctx.group.create_task(self._work(job, run), name=f"task-{job_id}-{spec.id}")
         log.info("task.accepted", job_id=job_id, task_id=spec.id)
         return run.task
+
+    async def _known(self, job: NodeJob, task_id: str) -> Task | None:
+        """The state of a task this node already holds (a repeated addTask is acknowledged, never run again)."""
+        known = job.tasks.get(task_id)
+        if known is None:
+            return None
+        await known.recorded.wait()
+        if job.tasks.get(task_id) is not known:
+            raise InputError("TaskNotRecorded", f"task {task_id!r} could not be recorded on this node; send it again")
+        return known.task
 
     def _check_accepting(self) -> None:
         if not self.accepting:
