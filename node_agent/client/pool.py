@@ -7,15 +7,14 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from node_agent.client.view import NoNodeAvailable, PoolView
 from node_agent.config import parse_broker_urls
-from node_agent.ids import is_valid_id
 from node_agent.transport.mqtt import MqttTransport, SessionOptions
 from node_agent.wire.base import utcnow
 from node_agent.wire.commands import GET_FILE_MAX_LENGTH, Reply
@@ -26,7 +25,6 @@ from node_agent.wire.status import (
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
     NodeStateName,
-    SubtaskState,
     Task,
     TaskResult,
     TaskState,
@@ -37,7 +35,6 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-PLACEABLE = (NodeStateName.IDLE, NodeStateName.RUNNING)
 # Refusals after which the task is tried on another node instead of failing the add.
 RETRY_ELSEWHERE = {"NodeSchedulingDisabled", "JobPreparationTaskFailed", "NodeShuttingDown"}
 
@@ -50,20 +47,6 @@ class CommandError(Exception):
         self.node_id = node_id
         self.code = code
         self.message = message
-
-
-class NoNodeAvailable(Exception):
-    """No node can take the task (none idle or running with scheduling enabled)."""
-
-
-@dataclass(slots=True)
-class PoolView:
-    """What the retained topics say about the pool, kept current by the client."""
-
-    nodes: dict[str, NodeState] = field(default_factory=dict)
-    jobs: dict[str, Job] = field(default_factory=dict)
-    tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
-    prep_release: dict[tuple[str, str], JobPreparationAndReleaseTaskExecutionInformation] = field(default_factory=dict)
 
 
 class BatchClient:
@@ -145,28 +128,16 @@ class BatchClient:
             self._changed.notify_all()
 
     def _apply(self, levels: list[str], payload: bytes) -> None:
-        view = self.view
         match levels:
             case ["clients", _, "replies"]:
                 reply = Reply.model_validate_json(payload)
                 future = self._replies.pop(reply.request_id, None)
                 if future is not None and not future.done():
                     future.set_result(reply)
-            case ["nodes", node_id, "state"]:
-                _store(view.nodes, node_id, NodeState, payload)
             case ["nodes", _, "events"]:
                 self._on_event(Event.model_validate_json(payload))
-            case ["jobs", job_id]:
-                _store(view.jobs, job_id, Job, payload)
-            case ["jobs", job_id, "tasks", task_id]:
-                _store(view.tasks, (job_id, task_id), Task, payload)
-            case ["jobs", job_id, "nodes", node_id]:
-                _store(
-                    view.prep_release,
-                    (job_id, node_id),
-                    JobPreparationAndReleaseTaskExecutionInformation,
-                    payload,
-                )
+            case _:
+                self.view.apply(levels, payload)
 
     def _on_event(self, event: Event) -> None:
         if self.on_event is not None:
@@ -246,7 +217,7 @@ class BatchClient:
             )
         )
         self._end_unowned_tasks(job_id)
-        await self.wait_until(lambda: self._released(job_id), timeout_s)
+        await self.wait_until(lambda: self.view.released(self._job(job_id)), timeout_s)
         completed = self._job(job_id).model_copy(
             update={"state": JobState.COMPLETED, "state_transition_time": utcnow()}
         )
@@ -269,26 +240,11 @@ class BatchClient:
             self.view.tasks[(job_id, task.id)] = ended
             self._transport.publish(self.topics.task(job_id, task.id), ended.to_json(), retain=True)
 
-    def _released(self, job_id: str) -> bool:
-        job = self._job(job_id)
-        if job.job_release_task is None:  # nothing to wait for but the nodes ending the job's tasks
-            return all(
-                t.state == TaskState.COMPLETED or t.node_info is None
-                for (j, _), t in self.view.tasks.items()
-                if j == job_id
-            )
-        return all(
-            info.job_release_task_execution_info is not None
-            and info.job_release_task_execution_info.state == SubtaskState.COMPLETED
-            for info in self.prep_release_status(job_id)
-            if info.job_preparation_task_execution_info is not None
-        )
-
     async def delete_job(self, job_id: str, *, timeout_s: float = 120) -> None:
         """Set the job deleting; once every node cleaned up, remove its retained document."""
         job = self._job(job_id)
         await self._publish_job(job.model_copy(update={"state": JobState.DELETING, "state_transition_time": utcnow()}))
-        await self.wait_until(lambda: self._cleaned_up(job_id), timeout_s)
+        await self.wait_until(lambda: self.view.cleaned_up(job_id), timeout_s)
         self.view.jobs.pop(job_id, None)
         for task in self.list_tasks(job_id):  # handed back and never placed again: no node clears these
             self._transport.publish(self.topics.task(job_id, task.id), b"", retain=True)
@@ -297,11 +253,6 @@ class BatchClient:
         self._excluded.pop(job_id, None)
         self._transport.publish(self.topics.job(job_id), b"", retain=True)
         await self._transport.flush(timeout_s=self.command_timeout_s)
-
-    def _cleaned_up(self, job_id: str) -> bool:
-        """Every node that ran anything of the job has cleared its status and its tasks' states."""
-        on_nodes = any(t.node_info is not None for t in self.list_tasks(job_id))
-        return not self.prep_release_status(job_id) and not on_nodes
 
     def _job(self, job_id: str) -> Job:
         job = self.view.jobs.get(job_id)
@@ -314,7 +265,7 @@ class BatchClient:
 
     def prep_release_status(self, job_id: str) -> list[JobPreparationAndReleaseTaskExecutionInformation]:
         """Azure's ListPreparationAndReleaseTaskStatus: one entry per node that ran the job's preparation."""
-        return [info for (j, _), info in sorted(self.view.prep_release.items()) if j == job_id]
+        return self.view.prep_release_status(job_id)
 
     # -- tasks ---------------------------------------------------------------------------------------------
 
@@ -326,7 +277,7 @@ class BatchClient:
             return await self._add_on(node_id, job_id, task)
         skipped = set(exclude) | self._excluded.get(job_id, set())
         while True:
-            target = self.pick_node(skipped)
+            target = self.view.pick_node(skipped)
             try:
                 return await self._add_on(target, job_id, task)
             except CommandError as exc:
@@ -352,23 +303,6 @@ class BatchClient:
         self.view.tasks[(job_id, task.id)] = added
         return added
 
-    def pick_node(self, skipped: Iterable[str] = ()) -> str:
-        """The placeable node with the most free slots, counting tasks placed and not yet completed."""
-        skip = set(skipped)
-        load: dict[str, int] = {}
-        for task in self.view.tasks.values():
-            if task.node_info is not None and task.state != TaskState.COMPLETED:
-                load[task.node_info.node_id] = load.get(task.node_info.node_id, 0) + 1
-        candidates = [
-            (state.task_slots - load.get(node_id, 0), node_id)
-            for node_id, state in sorted(self.view.nodes.items())
-            if node_id not in skip and state.state in PLACEABLE and state.scheduling_state == "enabled"
-        ]
-        if not candidates:
-            raise NoNodeAvailable("no node is idle or running with scheduling enabled")
-        best = max(free for free, _ in candidates)
-        return next(node_id for free, node_id in candidates if free == best)
-
     async def terminate_task(self, job_id: str, task_id: str) -> Task:
         task = self.view.tasks.get((job_id, task_id))
         if task is None or task.node_info is None:
@@ -377,7 +311,7 @@ class BatchClient:
         return Task.model_validate(await self.command(task.node_info.node_id, body))
 
     def list_tasks(self, job_id: str) -> list[Task]:
-        return [task for (j, _), task in sorted(self.view.tasks.items()) if j == job_id]
+        return self.view.tasks_of(job_id)
 
     async def wait_for_tasks(
         self, job_id: str, task_ids: Iterable[str] | None = None, *, timeout_s: float = 300
@@ -429,12 +363,3 @@ class BatchClient:
             offset += len(chunk)
             if result["eof"] or not chunk:
                 return b"".join(chunks)
-
-
-def _store(cache: dict[Any, Any], key: Any, model: type[M], payload: bytes) -> None:
-    if not payload:
-        cache.pop(key, None)
-        return
-    if isinstance(key, str) and not is_valid_id(key):
-        return
-    cache[key] = model.model_validate_json(payload)
