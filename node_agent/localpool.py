@@ -82,8 +82,8 @@ class LocalAgent:
         proc.kill()
         return await proc.wait()
 
-    def reboot(self, boot_id: str) -> None:
-        """Simulate a node reboot for the next start: a new boot id."""
+    def set_boot_id(self, boot_id: str) -> None:
+        """The boot id the next start reads: a new one is what a node reboot looks like to the agent."""
         self.boot_id_file.write_text(boot_id + "\n")
 
 
@@ -113,6 +113,24 @@ def agent_env(
     return env
 
 
+def make_agent(
+    broker_url: str,
+    prefix: str,
+    base: Path,
+    number: int,
+    *,
+    task_slots: int = 1,
+    extra: Mapping[str, str] | None = None,
+) -> LocalAgent:
+    """Agent ``node<number>`` (not started) with its node root, state and boot id file under ``base``."""
+    node_id = f"node{number}"
+    folder = base / node_id
+    folder.mkdir(parents=True, exist_ok=True)
+    agent = LocalAgent(node_id, folder, agent_env(broker_url, prefix, node_id, folder, task_slots, extra))
+    agent.set_boot_id("boot-1")
+    return agent
+
+
 def make_agents(
     broker_url: str,
     prefix: str,
@@ -121,14 +139,9 @@ def make_agents(
     *,
     task_slots: int = 1,
     extra: Mapping[str, str] | None = None,
-    first: int = 1,
 ) -> list[LocalAgent]:
-    agents = []
-    for number in range(first, first + count):
-        node_id = f"node{number}"
-        folder = base / node_id
-        folder.mkdir(parents=True, exist_ok=True)
-        agent = LocalAgent(node_id, folder, agent_env(broker_url, prefix, node_id, folder, task_slots, extra))
-        agent.reboot("boot-1")
-        agents.append(agent)
-    return agents
+    """Agents ``node1`` .. ``node<count>``, not started."""
+    return [
+        make_agent(broker_url, prefix, base, number, task_slots=task_slots, extra=extra)
+        for number in range(1, count + 1)
+    ]

@@ -1,88 +1,45 @@
-"""Shared fixtures: one real broker per session, a fresh topic prefix per test, real agent processes."""
+"""Our tests' short names over node-agent's pytest plugin (node_agent/testing), and helpers that read over the wire.
+
+The broker, the client and the pool are the plugin's ``mqtt_broker``, ``batch_client`` and ``node_pool``;
+``client`` and ``pool`` only spare the test files a rename.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
-from node_agent.brokers import BrokerHandle, running_broker
+from node_agent.brokers import BrokerHandle
 from node_agent.client.pool import BatchClient, CommandError
-from node_agent.localpool import LocalAgent, make_agents
+from node_agent.testing.nodes import FakeNode, NodePool, wait_ready
 from tests.raw_mqtt import RawMqtt
 
-READY_TIMEOUT_S = 20.0
-
-
-@pytest.fixture(scope="session")
-def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerHandle]:
-    """A Mosquitto on a free loopback port (the embedded broker only where no binary exists)."""
-    with running_broker(tmp_path_factory.mktemp("broker")) as broker:
-        yield broker
+__all__ = ["count_lines", "restart", "wait_ready"]
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
+def client(batch_client: BatchClient) -> BatchClient:
+    return batch_client
 
 
 @pytest.fixture
-async def client(mqtt_broker: BrokerHandle, prefix: str) -> AsyncIterator[BatchClient]:
-    async with BatchClient(mqtt_broker.url, topic_prefix=prefix, command_timeout_s=20) as batch_client:
-        yield batch_client
+def pool(node_pool: NodePool) -> NodePool:
+    """``agents = await pool(n, task_slots=1, env={...})``: started and idle; all ended at teardown."""
+    return node_pool
 
 
 @pytest.fixture
-async def raw(mqtt_broker: BrokerHandle, prefix: str) -> AsyncIterator[RawMqtt]:
+async def raw(mqtt_broker: BrokerHandle, batch_client: BatchClient) -> AsyncIterator[RawMqtt]:
     """A plain MQTT client on the test's prefix (see tests/raw_mqtt.py)."""
-    async with RawMqtt(mqtt_broker, prefix) as raw_client:
+    async with RawMqtt(mqtt_broker, batch_client.topics.prefix) as raw_client:
         yield raw_client
 
 
-StartPool = Callable[..., Awaitable[list[LocalAgent]]]
-
-
-@pytest.fixture
-async def pool(mqtt_broker: BrokerHandle, prefix: str, tmp_path: Path, client: BatchClient) -> AsyncIterator[StartPool]:
-    """``agents = await pool(n, task_slots=1, env={...})``: started and idle; all stopped at teardown."""
-    started: list[LocalAgent] = []
-
-    async def start(count: int = 1, *, task_slots: int = 1, env: Mapping[str, str] | None = None) -> list[LocalAgent]:
-        agents = make_agents(
-            mqtt_broker.url,
-            prefix,
-            tmp_path / "nodes",
-            count,
-            task_slots=task_slots,
-            extra=env,
-            first=len(started) + 1,
-        )
-        started.extend(agents)
-        await asyncio.gather(*(agent.start() for agent in agents))
-        await wait_ready(client, agents)
-        return agents
-
-    yield start
-    await asyncio.gather(*(agent.stop() for agent in started))
-
-
-async def wait_ready(client: BatchClient, agents: list[LocalAgent]) -> None:
-    """Wait for each agent's retained state to say idle, published by this run of the process."""
-    since = min(agent.started_at for agent in agents)
-    try:
-        await client.wait_for_nodes([a.node_id for a in agents], timeout_s=READY_TIMEOUT_S, since=since)
-    except TimeoutError:
-        logs = "\n".join(f"--- {a.node_id}\n{a.log_file.read_text()[-3000:]}" for a in agents)
-        raise AssertionError(f"agents not ready in {READY_TIMEOUT_S} s:\n{logs}") from None
-
-
-async def restart(client: BatchClient, agent: LocalAgent) -> None:
-    await agent.stop()
-    await agent.start()
-    await wait_ready(client, [agent])
+async def restart(node: FakeNode) -> None:
+    """An agent restart on the same boot: stop, start, ready."""
+    await node.stop()
+    await node.start()
 
 
 async def count_lines(client: BatchClient, node_id: str, path: str) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from node_agent.client.pool import BatchClient, CommandError
 from node_agent.ids import ID_RULE
-from node_agent.localpool import LocalAgent
+from node_agent.testing.nodes import FakeNode
 from node_agent.wire.commands import Reply
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import Event, NodeState, NodeStateName, TaskResult
@@ -20,7 +20,7 @@ from tests.raw_mqtt import RawMqtt
 TIMEOUT_S = 20.0
 
 
-def commands_topic(raw: RawMqtt, node: LocalAgent) -> str:
+def commands_topic(raw: RawMqtt, node: FakeNode) -> str:
     return f"{raw.prefix}/nodes/{node.node_id}/commands"
 
 
@@ -35,7 +35,7 @@ def collect_rejections(client: BatchClient) -> list[Event]:
     return rejected
 
 
-async def assert_still_serving(client: BatchClient, node: LocalAgent) -> None:
+async def assert_still_serving(client: BatchClient, node: FakeNode) -> None:
     """The agent process is alive, answers, runs a task, and no input reached its catch-all error path."""
     assert node.process is not None and node.process.returncode is None
     job_id = f"alive{uuid.uuid4().hex[:8]}"

@@ -11,25 +11,25 @@ from typing import Any
 import pytest
 
 from node_agent.client.pool import BatchClient, CommandError
-from node_agent.localpool import LocalAgent
+from node_agent.testing.nodes import FakeNode
 from node_agent.wire.commands import GET_FILE_MAX_LENGTH
 from node_agent.wire.specs import Job, TaskSpec
 
 TIMEOUT_S = 20.0
 
 
-async def get_chunk(client: BatchClient, node: LocalAgent, path: str, **extra: int) -> dict[str, Any]:
+async def get_chunk(client: BatchClient, node: FakeNode, path: str, **extra: int) -> dict[str, Any]:
     result: dict[str, Any] = await client.command(node.node_id, {"type": "getFile", "path": path, **extra})
     return result
 
 
-async def refused(client: BatchClient, node: LocalAgent, body: dict[str, Any]) -> CommandError:
+async def refused(client: BatchClient, node: FakeNode, body: dict[str, Any]) -> CommandError:
     with pytest.raises(CommandError) as error:
         await client.command(node.node_id, body)
     return error.value
 
 
-def shared(node: LocalAgent) -> Path:
+def shared(node: FakeNode) -> Path:
     return node.root / "shared"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from node_agent.client.pool import BatchClient, CommandError
-from node_agent.localpool import LocalAgent
+from node_agent.testing.nodes import FakeNode
 from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, TaskConstraints, TaskSpec
 from node_agent.wire.status import (
     Event,
@@ -14,7 +14,7 @@ from node_agent.wire.status import (
     TaskResult,
     TaskState,
 )
-from tests.conftest import count_lines, restart, wait_ready
+from tests.conftest import count_lines, restart
 
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
@@ -29,7 +29,7 @@ def sh(script: str) -> str:
     return f"/bin/sh -c '{script}'"
 
 
-def open_gate(agent: LocalAgent) -> None:
+def open_gate(agent: FakeNode) -> None:
     (agent.root / "shared" / "go").touch()
 
 
@@ -104,20 +104,13 @@ async def test_prep_not_rerun_after_agent_restart(pool, client: BatchClient) -> 
     await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
     before = await prep_info(client, "j1", node.node_id)
 
-    await restart(client, node)
+    await restart(node)
     await client.add_task("j1", TaskSpec(id="t2", command_line="true"), node_id=node.node_id)
     [t1, t2] = await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
 
     assert t2.execution_info.result == TaskResult.SUCCESS
     assert await count_lines(client, node.node_id, "shared/prep-count") == 1
     assert await prep_info(client, "j1", node.node_id) == before
-
-
-async def reboot(client: BatchClient, agent: LocalAgent, boot_id: str) -> None:
-    await agent.stop()
-    agent.reboot(boot_id)
-    await agent.start()
-    await wait_ready(client, [agent])
 
 
 async def test_prep_reruns_before_next_task_after_reboot(pool, client: BatchClient) -> None:
@@ -127,11 +120,8 @@ async def test_prep_reruns_before_next_task_after_reboot(pool, client: BatchClie
     await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)
     await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
 
-    await node.stop()
     (node.root / "shared" / "prepared").unlink()  # t2 succeeds only if preparation ran again first
-    node.reboot("boot-2")
-    await node.start()
-    await wait_ready(client, [node])
+    await node.reboot()
     await client.add_task("j1", TaskSpec(id="t2", command_line=sh(f"test -e {SHARED}/prepared")), node_id=node.node_id)
     [_, t2] = await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
 
@@ -146,7 +136,7 @@ async def test_prep_not_rerun_after_reboot_when_rerun_on_reboot_is_false(pool, c
     await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)
     await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
 
-    await reboot(client, node, "boot-2")
+    await node.reboot()
     await client.add_task("j1", TaskSpec(id="t2", command_line="true"), node_id=node.node_id)
     [_, t2] = await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
 
@@ -165,7 +155,6 @@ async def test_prep_reruns_after_agent_restart_if_it_had_not_completed(pool, cli
     (node.root / "shared" / "prep-count").unlink(missing_ok=True)  # count the runs after the restart
     open_gate(node)
     await node.start()
-    await wait_ready(client, [node])
     await client.add_task("j1", TaskSpec(id="t2", command_line="true"), node_id=node.node_id)
     [t2] = await client.wait_for_tasks("j1", ["t2"], timeout_s=TIMEOUT_S)
 
@@ -266,11 +255,8 @@ async def test_reboot_lifts_a_prep_failure_and_reruns_the_prep(pool, client: Bat
     await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)
     await client.wait_until(lambda: handed_back(events, "j1") == {"t1"}, TIMEOUT_S)
 
-    await node.stop()
     (node.root / "shared" / "fixed").touch()
-    node.reboot("boot-2")
-    await node.start()
-    await wait_ready(client, [node])
+    await node.reboot()
     await client.add_task("j1", TaskSpec(id="t2", command_line="true"), node_id=node.node_id)
     [t2] = await client.wait_for_tasks("j1", ["t2"], timeout_s=TIMEOUT_S)
 

@@ -9,7 +9,6 @@ import psutil
 from node_agent.client.pool import BatchClient
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import Event, TaskState
-from tests.conftest import wait_ready
 from tests.processes import Fifo, has_exited, open_pidfd
 
 LONG_TASK = "/bin/sh -c 'echo $$ > $AZ_BATCH_NODE_SHARED_DIR/pid; sleep 300'"
@@ -29,7 +28,6 @@ async def test_restart_after_sigkill_kills_the_orphaned_task_and_hands_it_back(p
     await agent.kill()
     assert psutil.pid_exists(pid), "the task outlives a SIGKILLed agent"
     await agent.start()
-    await wait_ready(client, [agent])
 
     assert await asyncio.to_thread(has_exited, orphan), "the restarted agent killed the orphaned task"
     handed_back = await client.wait_until(

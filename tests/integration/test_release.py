@@ -17,7 +17,7 @@ from node_agent.wire.status import (
     TaskResult,
     TaskState,
 )
-from tests.conftest import count_lines, restart, wait_ready
+from tests.conftest import count_lines, restart
 
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
@@ -57,7 +57,7 @@ async def wait_running(client: BatchClient, job_id: str, task_ids: list[str]) ->
 
 
 async def test_terminate_ends_tasks_then_releases_once_on_every_prepared_node(
-    pool, client: BatchClient, mqtt_broker: BrokerHandle, prefix: str
+    pool, client: BatchClient, mqtt_broker: BrokerHandle
 ) -> None:
     node1, node2 = await pool(2, task_slots=1)
     await client.create_job(counted_job("j1"))
@@ -80,7 +80,7 @@ async def test_terminate_ends_tasks_then_releases_once_on_every_prepared_node(
         assert all(release.start_time >= end for end in ended)
         assert await count_lines(client, node.node_id, "shared/release-count") == 1
     assert job.state == JobState.COMPLETED
-    async with BatchClient(mqtt_broker.url, topic_prefix=prefix, command_timeout_s=20) as observer:
+    async with BatchClient(mqtt_broker.url, topic_prefix=client.topics.prefix, command_timeout_s=20) as observer:
         retained = await observer.wait_until(lambda: observer.get_job("j1"), TIMEOUT_S)
     assert retained.state == JobState.COMPLETED
 
@@ -132,7 +132,6 @@ async def test_node_offline_at_terminate_releases_when_it_returns(pool, client: 
     await client.wait_until(lambda: client.get_job("j1").state == JobState.TERMINATING, TIMEOUT_S)
     assert not terminating.done()
     await node.start()
-    await wait_ready(client, [node])
     job = await terminating
 
     assert job.state == JobState.COMPLETED
@@ -147,7 +146,7 @@ async def test_release_not_rerun_by_agent_restart_or_delete(pool, client: BatchC
     await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
     await client.terminate_job("j1", timeout_s=TIMEOUT_S)
 
-    await restart(client, node)
+    await restart(node)
     await client.delete_job("j1", timeout_s=TIMEOUT_S)
 
     assert not (node.root / "workitems" / "j1").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.client.pool import BatchClient
-from node_agent.localpool import LocalAgent
+from node_agent.testing.nodes import FakeNode
 from node_agent.wire.specs import Job
 from node_agent.wire.status import Event, NodeStateName, Task, TaskState
 from tests.processes import Fifo, has_exited, open_pidfd
@@ -20,7 +20,7 @@ from tests.processes import Fifo, has_exited, open_pidfd
 TIMEOUT_S = 20.0
 
 
-def node_state(client: BatchClient, node: LocalAgent, state: NodeStateName) -> bool:
+def node_state(client: BatchClient, node: FakeNode, state: NodeStateName) -> bool:
     current = client.view.nodes.get(node.node_id)
     return current is not None and current.state == state
 

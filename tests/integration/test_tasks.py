@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.client.pool import BatchClient, CommandError
-from node_agent.localpool import LocalAgent
+from node_agent.testing.nodes import FakeNode
 from node_agent.wire.specs import (
     EnvironmentSetting,
     Job,
@@ -39,11 +39,11 @@ def sh(script: str) -> str:
     return shlex.join(["/bin/sh", "-c", script])
 
 
-def task_dir(node: LocalAgent, job_id: str, task_id: str) -> Path:
+def task_dir(node: FakeNode, job_id: str, task_id: str) -> Path:
     return node.root / "workitems" / job_id / "job-1" / task_id
 
 
-async def run_task(client: BatchClient, job_id: str, spec: TaskSpec, node: LocalAgent) -> Task:
+async def run_task(client: BatchClient, job_id: str, spec: TaskSpec, node: FakeNode) -> Task:
     await client.add_task(job_id, spec, node_id=node.node_id)
     [task] = await client.wait_for_tasks(job_id, [spec.id], timeout_s=TIMEOUT_S)
     return task

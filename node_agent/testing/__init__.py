@@ -1,0 +1,1 @@
+"""Fixtures and fakes for testing a scheduler against real node-agent processes."""

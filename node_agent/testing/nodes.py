@@ -1,0 +1,227 @@
+"""FakeNode and NodePool: real agent processes, each behind its own BrokerProxy, with the faults a test injects."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+import psutil
+
+from node_agent.brokers import BrokerHandle
+from node_agent.client.pool import BatchClient
+from node_agent.localpool import STOP_TIMEOUT_S, LocalAgent, make_agent
+from node_agent.runner.process import kill_tree
+from node_agent.testing.proxy import BrokerProxy
+
+READY_TIMEOUT_S = 20.0
+LOG_TAIL_CHARS = 3000
+
+
+class Started(Protocol):
+    """What a readiness wait needs of an agent: FakeNode and LocalAgent both have it."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def log_file(self) -> Path: ...
+
+
+def fresh_prefix() -> str:
+    """A topic prefix no other test uses: tests share one broker, never a prefix."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def wait_ready(client: BatchClient, nodes: Sequence[Started], timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Wait until each node's retained state says idle, published by the run that started at ``started_at``."""
+    since = min(node.started_at for node in nodes)
+    try:
+        await client.wait_for_nodes([node.node_id for node in nodes], timeout_s=timeout_s, since=since)
+    except TimeoutError:
+        logs = "\n".join(f"--- {node.node_id}\n{_log_tail(node.log_file)}" for node in nodes)
+        raise AssertionError(f"agents not ready in {timeout_s:g} s:\n{logs}") from None
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+class FakeNode:
+    """One real ``node-agent run`` process behind its own BrokerProxy; the faults are methods.
+
+    ``start()`` waits until the node is ready; ``stop()`` is SIGTERM (tasks handed back), ``kill()`` SIGKILL
+    (the broker publishes the last will, tasks keep running until the next start kills them), ``reboot()``
+    a stop and a start with a new boot id (preparation tasks run again), ``partition()`` / ``heal()`` cut
+    the node off the broker and let it back (the process and its tasks carry on meanwhile).
+    """
+
+    def __init__(self, agent: LocalAgent, proxy: BrokerProxy, client: BatchClient) -> None:
+        self.agent = agent
+        self.proxy = proxy
+        self._client = client
+        self._boots = 1
+        self._orphans: list[psutil.Process] = []  # what a SIGKILLed agent left running, ended at close()
+
+    def __repr__(self) -> str:
+        return f"FakeNode({self.node_id!r}, pid={self.pid})"
+
+    @property
+    def node_id(self) -> str:
+        return self.agent.node_id
+
+    @property
+    def root(self) -> Path:
+        """The node root (AZ_BATCH_NODE_ROOT_DIR): shared/, workitems/, ..."""
+        return self.agent.root
+
+    @property
+    def state_dir(self) -> Path:
+        """The agent's own records (NODE_AGENT_STATE_DIR), outside the node root."""
+        return self.agent.state_dir
+
+    @property
+    def log_file(self) -> Path:
+        """The agent's stdout and stderr, over all its runs."""
+        return self.agent.log_file
+
+    @property
+    def started_at(self) -> datetime:
+        return self.agent.started_at
+
+    @property
+    def process(self) -> asyncio.subprocess.Process | None:
+        return self.agent.process
+
+    @property
+    def pid(self) -> int | None:
+        return self.agent.process.pid if self.agent.process is not None else None
+
+    @property
+    def boot_id(self) -> str:
+        return f"boot-{self._boots}"
+
+    async def start(self) -> None:
+        """Start the process and wait until its retained state says idle, published by this run."""
+        await self.agent.start()
+        await wait_ready(self._client, [self])
+
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and wait for the exit status (SIGKILL after ``timeout_s``)."""
+        return await self.agent.stop(timeout_s)
+
+    async def kill(self) -> int:
+        """SIGKILL the agent alone: its tasks are left running, as after a crash."""
+        process = self.agent.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGSTOP)  # frozen, it starts nothing the list below would miss
+        self._orphans.extend(_descendants(process))
+        return await self.agent.kill()
+
+    async def reboot(self) -> None:
+        """Stop, take a new boot id, start (and wait until ready): preparation tasks run again."""
+        await self.stop()
+        self._boots += 1
+        self.agent.set_boot_id(self.boot_id)
+        await self.start()
+
+    async def partition(self) -> None:
+        """Cut the node off the broker: its connections close at both ends (the broker publishes its last will),
+        new ones are refused until ``heal()``. The agent and its tasks keep running; what it publishes waits in
+        its outbox.
+        """
+        await self.proxy.partition()
+
+    async def heal(self) -> None:
+        """Let the node reach the broker again; it reconnects by itself and delivers what it held back."""
+        await self.proxy.heal()
+
+    async def close(self) -> None:
+        """Teardown: SIGKILL the agent with every process it started or left behind, then close the proxy.
+
+        No graceful stop: that would wait out the shutdown grace of running tasks, and the test is over.
+        """
+        try:
+            await asyncio.to_thread(self._kill_all)
+            if self.agent.process is not None:
+                await self.agent.process.wait()
+        finally:
+            await self.proxy.close()
+
+    def _kill_all(self) -> None:
+        process = self.agent.process
+        if process is not None and process.returncode is None:  # not reaped yet: the pid is still the agent's
+            kill_tree(process.pid)
+        for orphan in self._orphans:
+            if orphan.is_running():  # psutil compares start times: not a newcomer under a reused pid
+                kill_tree(orphan.pid)  # a task leads its own process group: what it started goes too
+
+
+class NodePool:
+    """``nodes = await pool(n=3, task_slots=2, env={...})``: started agents, each ready; ``close()`` ends them all.
+
+    Nodes are numbered on from the last call: ``node1``, ``node2``, ... Every agent reaches ``broker`` through its
+    own proxy, on the topic prefix of ``client``, which is also what readiness is watched with.
+    """
+
+    def __init__(self, broker: BrokerHandle, client: BatchClient, base: Path) -> None:
+        self.broker = broker
+        self.client = client
+        self.base = base
+        self.nodes: list[FakeNode] = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def __call__(
+        self, n: int = 1, *, task_slots: int = 1, env: Mapping[str, str] | None = None
+    ) -> list[FakeNode]:
+        """Start ``n`` more nodes with ``task_slots`` each and extra NODE_AGENT_* settings; return once all are idle."""
+        started: list[FakeNode] = []
+        for number in range(len(self.nodes) + 1, len(self.nodes) + 1 + n):
+            proxy = BrokerProxy(self.broker.port)
+            await proxy.start()
+            try:
+                agent = make_agent(
+                    proxy.url, self.client.topics.prefix, self.base, number, task_slots=task_slots, extra=env
+                )
+            except BaseException:
+                await proxy.close()
+                raise
+            node = FakeNode(agent, proxy, self.client)
+            self.nodes.append(node)  # before it starts: a failed start is still torn down
+            started.append(node)
+        await asyncio.gather(*(node.start() for node in started))
+        return started
+
+    async def close(self) -> None:
+        """Stop every node (in parallel); raise the first error only after all of them were handled."""
+        results = await asyncio.gather(*(node.close() for node in self.nodes), return_exceptions=True)
+        self.nodes = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+def _descendants(process: asyncio.subprocess.Process | None) -> list[psutil.Process]:
+    """The live descendants of a process this pool started (none once it was reaped)."""
+    if process is None or process.returncode is not None:  # reaped: its pid may already be someone else's
+        return []
+    try:
+        return list(psutil.Process(process.pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
