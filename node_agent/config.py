@@ -65,6 +65,8 @@ class AgentSettings(BaseSettings):
     task_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
     retention_sweep_interval: timedelta = timedelta(minutes=1)
+    disk_free_threshold_bytes: int = Field(default=1 << 30, ge=0)
+    disk_free_probe_file: Path | None = None
     heartbeat_interval: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
     job_wait: timedelta = timedelta(seconds=10)
@@ -77,10 +79,17 @@ class AgentSettings(BaseSettings):
         parse_broker_urls(value)
         return value
 
-    @field_validator("root", "state_dir", "boot_id_file")
+    @field_validator("root", "state_dir", "boot_id_file", "disk_free_probe_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.absolute() if value is not None else None
+
+    @field_validator("retention_sweep_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be more than zero")
+        return value
 
     @property
     def brokers(self) -> list[BrokerAddress]:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -24,9 +25,10 @@ from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import InputError
+from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
 from node_agent.store.records import RecordStore
 from node_agent.wire.base import utcnow
-from node_agent.wire.specs import Job, JobState, TaskSpec
+from node_agent.wire.specs import DEFAULT_RETENTION, Job, JobState, TaskSpec
 from node_agent.wire.status import FailureInfo, NodeInfo, Task, TaskExecutionInfo, TaskResult, TaskState
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,7 @@ class NodeContext:
     group: asyncio.TaskGroup
     on_load_change: Callable[[], None]
     processes: ProcessRegistry
+    deadlines: DeadlineBook
 
 
 class JobManager:
@@ -156,6 +159,30 @@ class JobManager:
     async def save_job(self, job: NodeJob) -> None:
         await asyncio.shield(self.ctx.store.put(("jobs", job.id, "job"), job.record()))
 
+    async def retain(
+        self,
+        job_id: str,
+        task_id: str,
+        kind: DirectoryKind,
+        *,
+        completed_at: datetime,
+        retention: timedelta | None,
+        counting_from: datetime | None = None,
+        keep_existing: bool = False,
+    ) -> None:
+        """Record durably when the directory is due for removal (guarantee 6: retentionTime, default 7 days,
+        counted from the completion or from ``counting_from``)."""
+        layout = self.ctx.layout
+        deadline = Deadline(
+            job_id=job_id,
+            task_id=task_id,
+            kind=kind,
+            completed_at=completed_at,
+            deadline=(counting_from or completed_at) + (retention if retention is not None else DEFAULT_RETENTION),
+            directory=str(layout.task_dir(job_id, task_id).relative_to(layout.root)),
+        )
+        await self.ctx.deadlines.schedule(deadline, keep_existing=keep_existing)
+
     # -- running -----------------------------------------------------------------------------------------
 
     def _set_state(self, run: TaskRun, state: TaskState, **changes: object) -> None:
@@ -188,6 +215,7 @@ class JobManager:
                     return
             elif prep is not None:
                 self.subtasks.start_preparation(job)
+            await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
             start = utcnow()
             self._set_state(run, TaskState.RUNNING, execution_info=TaskExecutionInfo(start_time=start))
             outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run))
@@ -231,6 +259,9 @@ class JobManager:
         )
         run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
         await self._save_task(run)
+        retention = run.spec.constraints.retention_time
+        completed_at = outcome.end_time or utcnow()
+        await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
         log.info(
@@ -249,6 +280,10 @@ class JobManager:
         info = run.task.execution_info.model_copy(update={"requeue_count": run.task.execution_info.requeue_count + 1})
         run.update(state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info)
         await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
+        if info.start_time is not None:  # it ran here: its directory is left to retention, as a completed task's
+            retention = run.spec.constraints.retention_time
+            kind = DirectoryKind.TASK
+            await asyncio.shield(self.retain(run.job_id, run.task.id, kind, completed_at=utcnow(), retention=retention))
         self.ctx.publisher.task(run.job_id, run.task, code=code, message=message)
         self.ctx.on_load_change()
         log.info("task.handed_back", job_id=run.job_id, task_id=run.task.id, code=code)

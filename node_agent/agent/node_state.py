@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
+from collections.abc import Callable
 from datetime import datetime
 
 import psutil
@@ -16,9 +16,11 @@ from node_agent.wire.status import NodeState, NodeStateName
 
 
 class NodeStateReporter:
-    def __init__(self, publisher: Publisher, root: str, task_slots: int, boot_id: str) -> None:
+    def __init__(
+        self, publisher: Publisher, free_disk: Callable[[], int | None], task_slots: int, boot_id: str
+    ) -> None:
         self.publisher = publisher
-        self.root = root
+        self._free_disk = free_disk  # blocking: FreeSpaceProbe.measure
         self.task_slots = task_slots
         self.boot_id = boot_id
         self._last: tuple[NodeStateName, int, str] | None = None
@@ -27,6 +29,7 @@ class NodeStateReporter:
         self.scheduling = "enabled"
         self.free_disk: int | None = None
         self.free_memory: int | None = None
+        self.is_low_on_disk = False
 
     def build(self, name: NodeStateName | None = None) -> NodeState:
         now = utcnow()
@@ -49,6 +52,7 @@ class NodeStateReporter:
             last_heartbeat=now,
             free_disk_bytes=self.free_disk,
             free_memory_bytes=self.free_memory,
+            is_low_on_disk=self.is_low_on_disk,
         )
 
     def update(self, running: int, scheduling: str) -> None:
@@ -58,6 +62,14 @@ class NodeStateReporter:
         name = NodeStateName.RUNNING if running else NodeStateName.IDLE
         if previous != (name, running, scheduling):
             self.publisher.node_state(self.build())
+
+    def set_disk(self, free: int | None, *, is_low: bool) -> None:
+        """The retention sweep's view of free space; a change of ``is_low`` is published at once."""
+        if free is not None:
+            self.free_disk = free
+        if is_low != self.is_low_on_disk:
+            self.is_low_on_disk = is_low
+            self.publish()
 
     def publish(self, name: NodeStateName | None = None) -> None:
         self.publisher.node_state(self.build(name))
@@ -73,8 +85,4 @@ class NodeStateReporter:
                 pass
 
     def _measure(self) -> tuple[int | None, int | None]:
-        try:
-            disk = shutil.disk_usage(self.root).free
-        except OSError:
-            disk = None
-        return disk, psutil.virtual_memory().available
+        return self._free_disk(), psutil.virtual_memory().available

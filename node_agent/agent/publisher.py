@@ -10,6 +10,7 @@ from node_agent.wire.status import (
     EventType,
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
+    RemovalReason,
     Task,
     TaskState,
 )
@@ -42,6 +43,19 @@ class Publisher:
     def subtask(self, job_id: str, task_id: str, kind: EventType, state: TaskState) -> None:
         """An event for the job's preparation or release task on this node (its status is on job_node)."""
         event = Event(type=kind, time=utcnow(), node_id=self.node_id, job_id=job_id, task_id=task_id, state=state)
+        self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
+
+    def directory_removed(self, job_id: str, task_id: str, reason: RemovalReason, bytes_freed: int) -> None:
+        """A task directory this node removed (retention or disk pressure)."""
+        event = Event(
+            type="taskDirectoryRemoved",
+            time=utcnow(),
+            node_id=self.node_id,
+            job_id=job_id,
+            task_id=task_id,
+            reason=reason,
+            bytes_freed=bytes_freed,
+        )
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 
     def clear_task(self, job_id: str, task_id: str) -> None:

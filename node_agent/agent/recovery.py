@@ -30,10 +30,10 @@ def _read(store: RecordStore) -> list[tuple[str, dict[str, Any] | None, list[dic
     return found
 
 
-async def recover(manager: JobManager) -> None:
-    await manager.ctx.processes.kill_orphans()
-    unfinished: list[TaskRun] = []
-    for job_id, record, tasks in await asyncio.to_thread(_read, manager.ctx.store):
+def jobs_from(found: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]]]]) -> dict[str, NodeJob]:
+    """The jobs and tasks of the store as in-memory records (StoreCorrupt for one that is not its schema)."""
+    jobs: dict[str, NodeJob] = {}
+    for job_id, record, tasks in found:
         try:
             job = NodeJob.from_record(job_id, record) if record else NodeJob(id=job_id)
             runs = [TaskRun(job_id=job_id, task=Task.model_validate(document)) for document in tasks]
@@ -43,13 +43,25 @@ async def recover(manager: JobManager) -> None:
             raise StoreCorrupt(
                 f"a record of job {job_id!r} does not match its schema: {where}: {error['msg']}"
             ) from exc
-        if job.prep_boot_id != manager.ctx.boot_id:
-            job.prep_blocked = False  # a reboot lifts the block: the preparation will run again
         for run in runs:
             run.recorded.set()
             job.tasks[run.task.id] = run
-            if not run.is_finished:
-                unfinished.append(run)
+        jobs[job_id] = job
+    return jobs
+
+
+def load_jobs(store: RecordStore) -> dict[str, NodeJob]:
+    """Read the jobs back without an agent (``node-agent gc``; blocking)."""
+    return jobs_from(_read(store))
+
+
+async def recover(manager: JobManager) -> None:
+    await manager.ctx.processes.kill_orphans()
+    unfinished: list[TaskRun] = []
+    for job_id, job in jobs_from(await asyncio.to_thread(_read, manager.ctx.store)).items():
+        if job.prep_boot_id != manager.ctx.boot_id:
+            job.prep_blocked = False  # a reboot lifts the block: the preparation will run again
+        unfinished.extend(run for run in job.tasks.values() if not run.is_finished)
         manager.jobs[job_id] = job
     for run in unfinished:
         await manager.hand_back(run, "NodeAgentRestarted", "the agent restarted while the task was on this node")

@@ -8,12 +8,13 @@ finished preparation, and a new boot id reruns it unless rerunOnNodeRebootAfterS
 from __future__ import annotations
 
 import asyncio
-import shutil
 from typing import TYPE_CHECKING
 
 import structlog
 
 from node_agent.agent.attempts import Outcome, plan_for, run_to_end
+from node_agent.retention.deadlines import DirectoryKind
+from node_agent.retention.removal import remove_below
 from node_agent.wire.base import utcnow
 from node_agent.wire.status import (
     JobPreparationTaskExecutionInformation,
@@ -171,8 +172,38 @@ class Subtasks:
         ran_release = job.release is not None and job.release.state == SubtaskState.COMPLETED
         if job.prep is not None and release is not None and not ran_release:
             await self._release(job)
-        if job.delete_requested:
+        if not job.delete_requested:
+            await self._retain_subtasks(job)
+        if job.delete_requested:  # checked again: a delete may have arrived while the deadlines were written
             await self._delete(job)
+
+    async def _retain_subtasks(self, job: NodeJob) -> None:
+        """Guarantee 6 for the job's preparation and release once the job has ended here. The preparation's
+        working dir served the job's tasks and release, so its retentionTime counts only from now (the
+        release's end). Idempotent: an agent restart that ends the job again keeps the first deadlines."""
+        prep = job.doc.job_preparation_task if job.doc else None
+        release = job.doc.job_release_task if job.doc else None
+        ended_at = utcnow()
+        if release is not None and job.release is not None and job.release.state == SubtaskState.COMPLETED:
+            ended_at = job.release.end_time or ended_at
+            await self.manager.retain(
+                job.id,
+                release.id,
+                DirectoryKind.RELEASE,
+                completed_at=ended_at,
+                retention=release.retention_time,
+                keep_existing=True,
+            )
+        if prep is not None and job.prep is not None:
+            await self.manager.retain(
+                job.id,
+                prep.id,
+                DirectoryKind.PREPARATION,
+                completed_at=job.prep.end_time or job.prep.start_time,
+                retention=prep.constraints.retention_time,
+                counting_from=ended_at,
+                keep_existing=True,
+            )
 
     async def _release(self, job: NodeJob) -> None:
         assert job.doc is not None and job.doc.job_release_task is not None
@@ -206,7 +237,13 @@ class Subtasks:
 
     async def _delete(self, job: NodeJob) -> None:
         """Deleting a job removes all its directories and records here, whatever their retention."""
-        await asyncio.to_thread(shutil.rmtree, self.ctx.layout.job_dir(job.id), ignore_errors=True)
+        layout = self.ctx.layout
+        removal = await asyncio.to_thread(
+            remove_below, layout.root, layout.job_dir(job.id).relative_to(layout.root).parts
+        )
+        if not removal.complete:
+            log.warning("job.removal_incomplete", job_id=job.id, error=removal.error)
+        await asyncio.shield(self.ctx.deadlines.drop_job(job.id))
         await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
         self.manager.jobs.pop(job.id, None)
         # Published last: once the driver sees them cleared it may create the job again with this id,

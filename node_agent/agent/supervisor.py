@@ -16,9 +16,14 @@ from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.recovery import recover
+from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError
+from node_agent.retention.deadlines import DeadlineBook
+from node_agent.retention.pressure import FreeSpaceProbe
+from node_agent.retention.removal import is_symlink_safe
 from node_agent.store.boot import read_boot_id
+from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
 from node_agent.transport.mqtt import MqttTransport, Outgoing, SessionOptions
 from node_agent.wire.status import NodeStateName
@@ -42,14 +47,18 @@ def install_signal_handlers(stopping: asyncio.Event) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> None:
+def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
+    """Check and create the directories; returns the state directory's lock, held until the agent exits."""
     state_dir = settings.resolved_state_dir
     if state_dir.resolve().is_relative_to(settings.root.resolve()):
         raise ConfigError(f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it")
+    if not is_symlink_safe():
+        raise ConfigError("this platform's shutil.rmtree may follow symbolic links; the agent needs Linux")
     try:
         layout.create()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
+        return lock_state_dir(state_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create the node directories: {exc}") from exc
 
@@ -59,22 +68,21 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
     stopping = stopping or asyncio.Event()
     install_signal_handlers(stopping)
     layout = NodeLayout(settings.root, settings.node_id, settings.pool_id)
-    await asyncio.to_thread(_prepare_disk, settings, layout)
+    lock = await asyncio.to_thread(_prepare_disk, settings, layout)
+    try:
+        await _serve(settings, stopping, layout)
+    finally:
+        os.close(lock)
+
+
+async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeLayout) -> None:
     boot_id = await asyncio.to_thread(read_boot_id, settings.boot_id_file)
     topics = Topics(settings.topic_prefix)
     transport_stop = asyncio.Event()
-    transport = MqttTransport(
-        brokers=settings.brokers,
-        options=SessionOptions(
-            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
-            persistent=True,
-            will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
-        ),
-        on_message=_not_ready,
-        subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
-    )
+    transport = _transport(settings, topics)
     publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
-    reporter = NodeStateReporter(publisher, str(settings.root), settings.task_slots, boot_id)
+    disk = DiskPolicy(FreeSpaceProbe(settings.root, settings.disk_free_probe_file), settings.disk_free_threshold_bytes)
+    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id)
     # The last will: the broker publishes this retained "offline" state if the agent vanishes.
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
@@ -87,11 +95,13 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
                 reporter.update(manager.running_count, "enabled" if manager.scheduling_enabled else "disabled")
 
         store = RecordStore(settings.resolved_state_dir)
-        ctx = NodeContext(
-            layout, store, publisher, boot_id, group, load_changed, ProcessRegistry(store, str(layout.root))
-        )
+        deadlines = DeadlineBook(store)
+        await deadlines.load()
+        processes = ProcessRegistry(store, str(layout.root))
+        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines)
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
+        sweeper = Sweeper(manager, deadlines, disk, reporter)
         dispatcher = Dispatcher(manager, publisher, topics, settings.node_id)
         transport.on_message = dispatcher.on_message
 
@@ -101,16 +111,8 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
         transport.on_connected = on_connected
         group.create_task(transport.run(transport_stop), name="mqtt")
         group.create_task(reporter.heartbeat(settings.heartbeat_interval.total_seconds(), stopping), name="heartbeat")
-        log.info(
-            "agent.started",
-            node_id=settings.node_id,
-            pool_id=settings.pool_id,
-            version=__version__,
-            root=str(settings.root),
-            task_slots=settings.task_slots,
-            boot_id=boot_id,
-            privileged=os.geteuid() == 0,
-        )
+        group.create_task(sweeper.run(settings.retention_sweep_interval.total_seconds(), stopping), name="retention")
+        _log_started(settings, boot_id)
         await stopping.wait()
         await manager.shutdown(settings.shutdown_grace.total_seconds())
         await dispatcher.close()
@@ -119,6 +121,32 @@ async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) 
             log.warning("agent.unflushed", reason="broker unreachable; retained state falls back to the last will")
         transport_stop.set()
     log.info("agent.stopped")
+
+
+def _log_started(settings: AgentSettings, boot_id: str) -> None:
+    log.info(
+        "agent.started",
+        node_id=settings.node_id,
+        pool_id=settings.pool_id,
+        version=__version__,
+        root=str(settings.root),
+        task_slots=settings.task_slots,
+        boot_id=boot_id,
+        privileged=os.geteuid() == 0,
+    )
+
+
+def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
+    return MqttTransport(
+        brokers=settings.brokers,
+        options=SessionOptions(
+            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
+            persistent=True,
+            will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
+        ),
+        on_message=_not_ready,
+        subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
+    )
 
 
 async def _not_ready(topic: str, payload: bytes, retained: bool) -> None:

@@ -111,6 +111,7 @@ class NodeState(WireModel):
     last_heartbeat: Timestamp
     free_disk_bytes: int | None = None
     free_memory_bytes: int | None = None
+    is_low_on_disk: bool = False
 
 
 EventType = Literal[
@@ -119,11 +120,13 @@ EventType = Literal[
     "commandRejected",
     "jobPreparationTaskStateChanged",
     "jobReleaseTaskStateChanged",
+    "taskDirectoryRemoved",
 ]
+RemovalReason = Literal["retention", "diskPressure"]
 
 
 class Event(WireModel):
-    """One task state change (or a rejected command), published on P/nodes/{nodeId}/events."""
+    """One task state change, a rejected command or a removed task directory, on P/nodes/{nodeId}/events."""
 
     type: EventType
     time: Timestamp
@@ -135,3 +138,5 @@ class Event(WireModel):
     code: str | None = None
     message: str | None = None
     task: Task | None = None
+    reason: RemovalReason | None = None
+    bytes_freed: int | None = None

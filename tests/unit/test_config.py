@@ -36,6 +36,8 @@ def test_defaults_follow_the_protocol_table() -> None:
     assert settings.task_slots == (os.cpu_count() or 1)
     assert settings.boot_id_file == Path("/proc/sys/kernel/random/boot_id")
     assert settings.retention_sweep_interval == timedelta(minutes=1)
+    assert settings.disk_free_threshold_bytes == 1 << 30
+    assert settings.disk_free_probe_file is None
 
 
 def test_node_id_defaults_to_a_valid_id_derived_from_the_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,6 +105,8 @@ def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.Monk
         ("NODE_AGENT_BROKER_URL", " , ", "broker_url"),
         ("NODE_AGENT_SHUTDOWN_GRACE", "soon", "shutdown_grace"),
         ("NODE_AGENT_LOG_LEVEL", "loud", "log_level"),
+        ("NODE_AGENT_RETENTION_SWEEP_INTERVAL", "PT0S", "retention_sweep_interval"),
+        ("NODE_AGENT_DISK_FREE_THRESHOLD_BYTES", "-1", "disk_free_threshold_bytes"),
     ],
 )
 def test_invalid_setting_raises_config_error_naming_it(
