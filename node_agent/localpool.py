@@ -35,6 +35,10 @@ class LocalAgent:
         return self.base / "state"
 
     @property
+    def disk_free_file(self) -> Path:
+        return self.base / "disk_free_bytes"
+
+    @property
     def boot_id_file(self) -> Path:
         return self.base / "boot_id"
 
@@ -107,6 +111,8 @@ def agent_env(
             "NODE_AGENT_BOOT_ID_FILE": str(base / "boot_id"),
             "NODE_AGENT_TASK_SLOTS": str(task_slots),
             "NODE_AGENT_SHUTDOWN_GRACE": "PT5S",
+            # Absent until a test writes a free byte count into it (FakeNode.disk_full): measured till then.
+            "NODE_AGENT_DISK_FREE_PROBE_FILE": str(base / "disk_free_bytes"),
         }
     )
     env.update(extra or {})

@@ -12,8 +12,8 @@ from node_agent.retention.deadlines import Deadline
 
 @dataclass(frozen=True, slots=True)
 class FreeSpaceProbe:
-    """Free bytes of the file system holding the node root, or the number written in ``probe_file``
-    (for tests and file systems whose free space statvfs does not tell)."""
+    """Free bytes of the file system holding the node root, or, while ``probe_file`` exists, the number
+    written in it (for tests and file systems whose free space statvfs does not tell)."""
 
     root: Path
     probe_file: Path | None = None
@@ -21,7 +21,7 @@ class FreeSpaceProbe:
     def measure(self) -> int | None:
         """Blocking; None when the figure cannot be read."""
         try:
-            if self.probe_file is not None:
+            if self.probe_file is not None and self.probe_file.exists():
                 return int(self.probe_file.read_text().strip())
             return shutil.disk_usage(self.root).free
         except (OSError, ValueError):

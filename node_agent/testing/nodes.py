@@ -145,6 +145,16 @@ class FakeNode:
         """Let the node reach the broker again; it reconnects by itself and delivers what it held back."""
         await self.proxy.heal()
 
+    def disk_full(self, free_bytes: int = 0) -> None:
+        """Make the agent see only ``free_bytes`` free on its node root (from its next sweep or heartbeat):
+        it removes completed task directories, oldest first, and says ``isLowOnDisk`` when that is not enough.
+        Writes nothing to the real disk; see docs/testing.md for why a real full disk is not made."""
+        self.agent.disk_free_file.write_text(f"{free_bytes}\n")
+
+    def disk_ok(self) -> None:
+        """Undo ``disk_full()``: the agent measures its file system again."""
+        self.agent.disk_free_file.unlink(missing_ok=True)
+
     async def close(self) -> None:
         """Teardown: SIGKILL the agent with every process it started or left behind, then close the proxy.
 

@@ -116,3 +116,29 @@ async def test_kill_publishes_the_last_will_and_the_pool_ends_the_task_it_left(
 
     await node_pool.close()  # what the fixture's teardown does
     assert await asyncio.to_thread(has_exited, task_process), "the pool ended the task the agent left behind"
+
+
+async def test_disk_full_removes_completed_task_directories_and_reports_low_disk_until_disk_ok(
+    node_pool: NodePool, batch_client: BatchClient
+) -> None:
+    [node] = await node_pool(1, env={"NODE_AGENT_RETENTION_SWEEP_INTERVAL": "PT0.2S"})
+    removed: list[str] = []
+    batch_client.on_event = lambda e: removed.append(e.task_id or "") if e.type == "taskDirectoryRemoved" else None
+    await batch_client.create_job(Job(id="j1"))
+    await batch_client.add_task("j1", TaskSpec(id="done", command_line="/bin/true"), node_id=node.node_id)
+    await batch_client.wait_for_tasks("j1", ["done"], timeout_s=TIMEOUT_S)
+    assert (node.root / "workitems/j1/job-1/done").is_dir()
+
+    node.disk_full()
+    low = await batch_client.wait_until(
+        lambda: (s := batch_client.view.nodes.get(node.node_id)) is not None and s.is_low_on_disk and s, TIMEOUT_S
+    )
+    assert low.free_disk_bytes == 0
+    assert removed == ["done"], "the completed task's directory went first, and only it"
+    assert not (node.root / "workitems/j1/job-1/done").exists()
+    assert (node.root / "shared").is_dir()
+
+    node.disk_ok()
+    await batch_client.wait_until(
+        lambda: (s := batch_client.view.nodes.get(node.node_id)) is not None and not s.is_low_on_disk, TIMEOUT_S
+    )
