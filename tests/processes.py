@@ -41,8 +41,25 @@ class Fifo:
                 data += chunk
         return data.decode().strip()
 
+    async def read_pid(self, timeout_s: float = TIMEOUT_S) -> int:
+        return int(await self.read_line(timeout_s))
+
+    def pid_if_written(self) -> int | None:
+        """The pid already written, without waiting (None if nothing is there yet)."""
+        try:
+            data = os.read(self.fd, 64)
+        except BlockingIOError:
+            return None
+        return int(data) if data.strip() else None
+
     def close(self) -> None:
         os.close(self.fd)
+
+    def __enter__(self) -> Fifo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from node_agent.errors import TaskFailure
 from node_agent.runner.process import ProcessSpec, kill_tree, run_process, split_command_line
+from tests.processes import Fifo, has_exited, open_pidfd
 
 TIMEOUT_S = 20.0
 
@@ -31,75 +32,10 @@ def spec(tmp_path: Path, command_line: str, **changes: object) -> ProcessSpec:
     return ProcessSpec(**values)  # type: ignore[arg-type]
 
 
-def open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-
-
-def has_exited(pidfd: int | None, timeout_s: float = TIMEOUT_S) -> bool:
-    """Whether the process exited (a zombie nobody reaps counts as exited), waiting on its pidfd."""
-    if pidfd is None:
-        return True
-    try:
-        readable, _, _ = select.select([pidfd], [], [], timeout_s)
-        return bool(readable)
-    finally:
-        os.close(pidfd)
-
-
 def tree(fifo: Path) -> str:
     """A shell whose child shell starts a grandchild, writes the grandchild's pid into ``fifo`` and waits."""
     inner = f"sleep 300 & echo $! > {shlex.quote(str(fifo))}; wait"
     return shlex.join(["/bin/sh", "-c", f"/bin/sh -c {shlex.quote(inner)}; exit $?"])
-
-
-class Fifo:
-    """A named pipe, opened for reading (non-blocking) before the process that writes into it starts."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        os.mkfifo(path)
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-
-    def __enter__(self) -> Fifo:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-    async def read_pid(self, timeout_s: float = TIMEOUT_S) -> int:
-        loop = asyncio.get_running_loop()
-        data = b""
-        async with asyncio.timeout(timeout_s):
-            while b"\n" not in data:
-                ready = loop.create_future()
-                loop.add_reader(self.fd, _resolve, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self.fd)
-                try:
-                    chunk = os.read(self.fd, 64)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise EOFError(f"{self.path} closed before a pid was written")
-                data += chunk
-        return int(data)
-
-    def pid_if_written(self) -> int | None:
-        try:
-            data = os.read(self.fd, 64)
-        except BlockingIOError:
-            return None
-        return int(data) if data.strip() else None
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 # -- split_command_line --------------------------------------------------------------------------------------
