@@ -75,7 +75,10 @@ class Sweeper:
     async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
         self._stopping = stopping
         while not stopping.is_set():
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:  # a node fault (disk, permissions) skips this pass; the next one tries again
+                log.exception("retention.sweep_failed")
             try:
                 async with asyncio.timeout(interval_s):
                     await stopping.wait()
