@@ -12,10 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
+
+from node_agent.lifeline import die_with_parent
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
@@ -31,8 +34,7 @@ _PUMP_JOIN_TIMEOUT_S = 2.0
 # (default 20) removes the per-client window, so a burst is written at once instead of 20 per PUBACK.
 _MOSQUITTO_CONF = """\
 listener {port} {host}
-allow_anonymous true
-set_tcp_nodelay true
+{security}set_tcp_nodelay true
 persistence false
 max_inflight_messages 0
 max_queued_messages 100000
@@ -46,8 +48,29 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 """
 
 
+_OPEN = "allow_anonymous true\n"
+
+
 class BrokerUnavailable(RuntimeError):
     """No broker of the requested kind could be started."""
+
+
+class BrokerToolMissing(BrokerUnavailable):
+    """A program the requested broker needs (mosquitto, mosquitto_passwd, openssl) is not installed."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """What a secured mosquitto asks of its clients: passwords (and an ACL), TLS, or both.
+
+    ``users`` maps username to password (anonymous clients are then refused); ``acl`` is the text of a
+    mosquitto ACL file (without it every authenticated client may do everything); ``tls`` serves the listener
+    with a throw-away CA's certificate for 127.0.0.1 and localhost (``BrokerHandle.ca_file``).
+    """
+
+    users: Mapping[str, str] | None = None
+    acl: str | None = None
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +80,19 @@ class BrokerHandle:
     url: str
     port: int
     kind: str
+    ca_file: Path | None = None
+
+    def url_for(self, username: str, password: str) -> str:
+        """This broker's URL with a login in it: ``mqtt[s]://user:password@127.0.0.1:port``."""
+        return broker_url(self.port, tls=self.ca_file is not None, username=username, password=password)
+
+
+def broker_url(port: int, *, tls: bool = False, username: str | None = None, password: str | None = None) -> str:
+    """``mqtt://`` (``mqtts://`` for TLS) on the loopback address, with the login percent-encoded if given."""
+    login = ""
+    if username is not None:
+        login = quote(username, safe="") + (f":{quote(password, safe='')}" if password is not None else "") + "@"
+    return f"{'mqtts' if tls else 'mqtt'}://{login}{HOST}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +162,19 @@ class _OutputPump:
         self._thread.join(_PUMP_JOIN_TIMEOUT_S)
 
 
-def _mosquitto_spec(workdir: Path, port: int) -> _LaunchSpec:
+def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN) -> _LaunchSpec:
     binary = find_mosquitto()
     if binary is None:
-        raise BrokerUnavailable(
+        raise BrokerToolMissing(
             "mosquitto is not installed (looked on PATH; Debian installs it in /usr/sbin); "
             "install it with `apt-get install mosquitto`, or use the embedded broker (kind='amqtt')"
         )
+    if os.geteuid() == 0:
+        # As root mosquitto would become user "mosquitto": it could not read our 0700 workdir, and the change of
+        # user would clear the parent-death signal that stops it when the demo or test run dies.
+        security += "user root\n"
     conf = workdir / "mosquitto.conf"
-    conf.write_text(_MOSQUITTO_CONF.format(port=port, host=HOST), encoding="utf-8")
+    conf.write_text(_MOSQUITTO_CONF.format(port=port, host=HOST, security=security), encoding="utf-8")
     return _LaunchSpec(
         argv=[binary, "-c", str(conf)],
         log_path=workdir / "mosquitto.log",
@@ -152,6 +192,69 @@ def _amqtt_spec(workdir: Path, port: int) -> _LaunchSpec:
         is_ready=lambda line: line.strip() == "ready",
         env=env,
     )
+
+
+def secure_config(workdir: Path, security: BrokerSecurity) -> tuple[str, Path | None]:
+    """Write the password, ACL and TLS files into ``workdir``; return the listener's config lines and the CA file."""
+    lines = [_OPEN]
+    if security.users is not None:
+        lines = ["allow_anonymous false\n", f"password_file {_password_file(workdir, security.users)}\n"]
+    if security.acl is not None:
+        acl = workdir / "acl"
+        acl.write_text(security.acl, encoding="utf-8")
+        lines.append(f"acl_file {acl}\n")
+    ca_file = None
+    if security.tls:
+        ca_file, cert, key = _certificates(workdir)
+        lines += [f"cafile {ca_file}\n", f"certfile {cert}\n", f"keyfile {key}\n"]
+    return "".join(lines), ca_file
+
+
+def _tool(name: str, purpose: str) -> str:
+    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if binary is None:
+        raise BrokerToolMissing(f"{name} is not installed (looked on PATH); it is needed for {purpose}")
+    return binary
+
+
+def _run_tool(argv: list[str], cwd: Path) -> None:
+    done = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BrokerUnavailable(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr.strip()}")
+
+
+def _password_file(workdir: Path, users: Mapping[str, str]) -> Path:
+    """A mosquitto password file made by ``mosquitto_passwd -b`` (hashed passwords), mode 0600."""
+    binary = _tool("mosquitto_passwd", "a broker with passwords (it ships with mosquitto)")
+    path = workdir / "passwd"
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    for username, password in users.items():
+        _run_tool([binary, "-b", str(path), username, password], workdir)
+    return path
+
+
+_SERVER_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+"""
+
+
+def _certificates(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 and localhost, made with the openssl CLI."""
+    openssl = _tool("openssl", "a broker with TLS")
+    tls = workdir / "tls"
+    tls.mkdir(exist_ok=True)
+    (tls / "server.ext").write_text(_SERVER_EXTENSIONS, encoding="utf-8")
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    ca = f"req -x509 {ec} -keyout ca.key -out ca.crt -days 2"
+    _run_tool([openssl, *ca.split(), "-subj", "/CN=node-agent throw-away test CA"], tls)
+    _run_tool([openssl, *f"req {ec} -keyout server.key -out server.csr -subj /CN=localhost".split()], tls)
+    sign = "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2"
+    _run_tool([openssl, *sign.split(), "-extfile", "server.ext"], tls)
+    return tls / "ca.crt", tls / "server.crt", tls / "server.key"
 
 
 def _stop(proc: subprocess.Popen[str], pump: _OutputPump) -> None:
@@ -178,6 +281,7 @@ def _launch(spec: _LaunchSpec) -> tuple[subprocess.Popen[str], _OutputPump]:
             errors="replace",
             env=spec.env,
             start_new_session=True,  # a terminal Ctrl-C reaches the agent only; the broker is stopped last
+            preexec_fn=die_with_parent,  # a killed demo or test run leaves no broker behind
         )
     except OSError as exc:
         raise BrokerUnavailable(f"cannot execute {spec.argv[0]}: {exc}") from exc
@@ -185,12 +289,13 @@ def _launch(spec: _LaunchSpec) -> tuple[subprocess.Popen[str], _OutputPump]:
     return proc, _OutputPump(proc.stdout, spec.log_path)
 
 
-def _start(kind: str, workdir: Path, fixed_port: int | None) -> tuple[subprocess.Popen[str], _OutputPump, int]:
+def _start(
+    kind: str, workdir: Path, fixed_port: int | None, security: str = _OPEN
+) -> tuple[subprocess.Popen[str], _OutputPump, int]:
     """Start the broker on ``fixed_port`` or a free port and wait (bounded) for its readiness line."""
-    build = _mosquitto_spec if kind == "mosquitto" else _amqtt_spec
     for _ in range(1 if fixed_port else _START_ATTEMPTS):
         port = fixed_port or free_port()
-        spec = build(workdir, port)
+        spec = _mosquitto_spec(workdir, port, security) if kind == "mosquitto" else _amqtt_spec(workdir, port)
         proc, pump = _launch(spec)
         try:
             ready, output = pump.wait_for(spec.is_ready, READY_TIMEOUT_S)
@@ -208,7 +313,14 @@ def _start(kind: str, workdir: Path, fixed_port: int | None) -> tuple[subprocess
     )
 
 
-def _resolve_kind(kind: str | None) -> str:
+def _resolve_kind(kind: str | None, security: BrokerSecurity | None) -> str:
+    if security is not None:
+        if kind not in (None, "mosquitto") or find_mosquitto() is None:
+            raise BrokerToolMissing(
+                "a broker with passwords, an ACL or TLS needs mosquitto (`apt-get install mosquitto`; Debian "
+                "installs it in /usr/sbin); the embedded amqtt broker is not set up for them"
+            )
+        return "mosquitto"
     if kind is None:
         return "mosquitto" if find_mosquitto() else "amqtt"
     if kind not in KINDS:
@@ -217,15 +329,19 @@ def _resolve_kind(kind: str | None) -> str:
 
 
 @contextlib.contextmanager
-def running_broker(workdir: Path, *, kind: str | None = None, port: int | None = None) -> Iterator[BrokerHandle]:
+def running_broker(
+    workdir: Path, *, kind: str | None = None, port: int | None = None, security: BrokerSecurity | None = None
+) -> Iterator[BrokerHandle]:
     """Run a loopback broker for the duration of the block; kind=None prefers mosquitto over amqtt.
 
     ``port`` restarts a broker where an earlier one listened (tests of reconnection); default: a free port.
+    ``security`` (mosquitto only) adds passwords, an ACL and TLS; the files it needs are made in ``workdir``.
     """
-    resolved = _resolve_kind(kind)
+    resolved = _resolve_kind(kind, security)
     workdir.mkdir(parents=True, exist_ok=True)
-    proc, pump, port = _start(resolved, workdir, port)
+    conf, ca_file = (_OPEN, None) if security is None else secure_config(workdir, security)
+    proc, pump, port = _start(resolved, workdir, port, conf)
     try:
-        yield BrokerHandle(url=f"mqtt://{HOST}:{port}", port=port, kind=resolved)
+        yield BrokerHandle(url=broker_url(port, tls=ca_file is not None), port=port, kind=resolved, ca_file=ca_file)
     finally:
         _stop(proc, pump)

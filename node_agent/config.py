@@ -35,7 +35,8 @@ def parse_broker_urls(value: str) -> list[BrokerAddress]:
             continue
         url = urlsplit(item)
         if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-            raise ValueError(f"broker url {item!r} is invalid: use mqtt://host[:port] or mqtts://host[:port]")
+            shown = item.replace(f":{url.password}@", ":***@") if url.password else item  # never echo a password
+            raise ValueError(f"broker url {shown!r} is invalid: use mqtt://host[:port] or mqtts://host[:port]")
         tls = url.scheme == "mqtts"
         addresses.append(
             BrokerAddress(
@@ -67,6 +68,7 @@ class AgentSettings(BaseSettings):
     retention_sweep_interval: timedelta = timedelta(minutes=1)
     disk_free_threshold_bytes: int = Field(default=1 << 30, ge=0)
     disk_free_probe_file: Path | None = None
+    tls_ca_file: Path | None = None
     heartbeat_interval: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
     job_wait: timedelta = timedelta(seconds=10)
@@ -79,7 +81,7 @@ class AgentSettings(BaseSettings):
         parse_broker_urls(value)
         return value
 
-    @field_validator("root", "state_dir", "boot_id_file", "disk_free_probe_file")
+    @field_validator("root", "state_dir", "boot_id_file", "disk_free_probe_file", "tls_ca_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.absolute() if value is not None else None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from node_agent.lifeline import die_with_parent
 from node_agent.wire.base import utcnow
 
 STOP_TIMEOUT_S = 30.0
@@ -61,6 +62,7 @@ class LocalAgent:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                preexec_fn=die_with_parent,  # SIGTERM (a clean stop) if the demo or test run dies
             )
         finally:
             log.close()

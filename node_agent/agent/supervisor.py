@@ -143,6 +143,7 @@ def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
             identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
             persistent=True,
             will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
+            tls_ca_file=settings.tls_ca_file,
         ),
         on_message=_not_ready,
         subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -198,6 +199,7 @@ def demo(
     def progress(line: str) -> None:
         err.print(f"[dim]»[/dim] {line}", highlight=False)
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl-C does
     status = asyncio.run(run_demo(out, progress, broker_url=broker, nodes=nodes_count, tasks=tasks))
     raise typer.Exit(status)
 

@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -52,7 +53,15 @@ class CommandError(Exception):
 class BatchClient:
     """``async with BatchClient(url) as client:`` then create jobs, add tasks, wait, read files."""
 
-    def __init__(self, broker_url: str, *, topic_prefix: str = "batch", command_timeout_s: float = 30) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        topic_prefix: str = "batch",
+        command_timeout_s: float = 30,
+        tls_ca_file: str | Path | None = None,
+    ) -> None:
+        """``tls_ca_file``: for an ``mqtts://`` URL, the CA certificate(s) to trust instead of the system's."""
         self.topics = Topics(topic_prefix)
         self.client_id = "c" + uuid.uuid4().hex[:20]
         self.command_timeout_s = command_timeout_s
@@ -67,7 +76,11 @@ class BatchClient:
         prefix = self.topics.prefix
         self._transport = MqttTransport(
             brokers=parse_broker_urls(broker_url),
-            options=SessionOptions(identifier=f"node-agent-client-{self.client_id}", persistent=False),
+            options=SessionOptions(
+                identifier=f"node-agent-client-{self.client_id}",
+                persistent=False,
+                tls_ca_file=Path(tls_ca_file) if tls_ca_file is not None else None,
+            ),
             on_message=self._on_message,
             subscriptions=(
                 self.topics.replies(self.client_id),

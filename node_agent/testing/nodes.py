@@ -13,7 +13,7 @@ from typing import Protocol, Self
 
 import psutil
 
-from node_agent.brokers import BrokerHandle
+from node_agent.brokers import BrokerHandle, broker_url
 from node_agent.client.pool import BatchClient
 from node_agent.localpool import STOP_TIMEOUT_S, LocalAgent, make_agent
 from node_agent.runner.process import kill_tree
@@ -180,7 +180,8 @@ class NodePool:
     """``nodes = await pool(n=3, task_slots=2, env={...})``: started agents, each ready; ``close()`` ends them all.
 
     Nodes are numbered on from the last call: ``node1``, ``node2``, ... Every agent reaches ``broker`` through its
-    own proxy, on the topic prefix of ``client``, which is also what readiness is watched with.
+    own proxy, on the topic prefix of ``client``, which is also what readiness is watched with. On a broker with
+    TLS (``broker.ca_file``) the agents speak ``mqtts://`` and trust that CA.
     """
 
     def __init__(self, broker: BrokerHandle, client: BatchClient, base: Path) -> None:
@@ -198,16 +199,29 @@ class NodePool:
         await self.close()
 
     async def __call__(
-        self, n: int = 1, *, task_slots: int = 1, env: Mapping[str, str] | None = None
+        self,
+        n: int = 1,
+        *,
+        task_slots: int = 1,
+        env: Mapping[str, str] | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> list[FakeNode]:
-        """Start ``n`` more nodes with ``task_slots`` each and extra NODE_AGENT_* settings; return once all are idle."""
+        """Start ``n`` more nodes with ``task_slots`` each and extra NODE_AGENT_* settings; return once all are idle.
+
+        ``username`` and ``password`` are the login the agents give a broker with passwords.
+        """
+        tls = self.broker.ca_file is not None
+        settings = {"NODE_AGENT_TLS_CA_FILE": str(self.broker.ca_file)} if tls else {}
+        settings.update(env or {})
         started: list[FakeNode] = []
         for number in range(len(self.nodes) + 1, len(self.nodes) + 1 + n):
             proxy = BrokerProxy(self.broker.port)
             await proxy.start()
             try:
+                url = broker_url(proxy.port, tls=tls, username=username, password=password)
                 agent = make_agent(
-                    proxy.url, self.client.topics.prefix, self.base, number, task_slots=task_slots, extra=env
+                    url, self.client.topics.prefix, self.base, number, task_slots=task_slots, extra=settings
                 )
             except BaseException:
                 await proxy.close()

@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
+from pathlib import Path
 
 import aiomqtt
 import structlog
@@ -40,6 +41,7 @@ class SessionOptions:
     will: Outgoing | None = None
     keepalive_s: int = 30
     backoff_max_s: float = 10.0
+    tls_ca_file: Path | None = None  # for mqtts://: trust this CA file instead of the system's CA certificates
 
 
 @dataclass(slots=True)
@@ -114,7 +116,7 @@ class MqttTransport:
             password=broker.password,
             clean_session=not self.options.persistent,
             keepalive=self.options.keepalive_s,
-            tls_context=ssl.create_default_context() if broker.tls else None,
+            tls_context=ssl.create_default_context(cafile=self.options.tls_ca_file) if broker.tls else None,
             will=aiomqtt.Will(will.topic, will.payload, qos=1, retain=will.retain) if will else None,
             socket_options=[NODELAY],
             timeout=10,
