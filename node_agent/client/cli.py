@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,8 @@ def _run(broker: str, prefix: str, action: Callable[[BatchClient], Awaitable[T]]
     configure_logging("warning", "console")  # logs go to stderr: stdout carries the command's output
 
     async def main() -> T:
-        async with BatchClient(broker, topic_prefix=prefix, command_timeout_s=10) as client:
+        ca_file = os.environ.get("NODE_AGENT_TLS_CA_FILE") or None  # the agent's setting, for mqtts:// brokers
+        async with BatchClient(broker, topic_prefix=prefix, command_timeout_s=10, tls_ca_file=ca_file) as client:
             return await action(client)
 
     try:
