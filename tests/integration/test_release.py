@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from node_agent.brokers import BrokerHandle
 from node_agent.client.pool import BatchClient
+from node_agent.testing.nodes import FakeNode, NodePool
 from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, JobState, TaskSpec
 from node_agent.wire.status import (
     Event,
@@ -54,6 +55,17 @@ async def wait_running(client: BatchClient, job_id: str, task_ids: list[str]) ->
         return all(t is not None and t.state == TaskState.RUNNING for t in tasks)
 
     await client.wait_until(running, TIMEOUT_S)
+
+
+async def hand_back_after_failed_prep(pool: NodePool, client: BatchClient) -> FakeNode:
+    """One node whose preparation of job j1 failed, and task t1 handed back by it; returns the node."""
+    [node] = await pool(1)
+    await client.create_job(counted_job("j1", prep_script="false"))
+    handed_back: list[Event] = []
+    client.on_event = lambda e: handed_back.append(e) if e.type == "taskHandedBack" else None
+    await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)
+    await client.wait_until(lambda: handed_back, TIMEOUT_S)
+    return node
 
 
 async def test_terminate_ends_tasks_then_releases_once_on_every_prepared_node(
@@ -202,12 +214,7 @@ async def test_release_is_killed_at_its_max_wall_clock_time(pool, client: BatchC
 
 
 async def test_release_runs_on_node_whose_prep_failed(pool, client: BatchClient) -> None:
-    [node] = await pool(1)
-    await client.create_job(counted_job("j1", prep_script="false"))
-    handed_back: list[Event] = []
-    client.on_event = lambda e: handed_back.append(e) if e.type == "taskHandedBack" else None
-    await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)
-    await client.wait_until(lambda: handed_back, TIMEOUT_S)
+    node = await hand_back_after_failed_prep(pool, client)
 
     await client.terminate_job("j1", timeout_s=TIMEOUT_S)
 
@@ -252,12 +259,7 @@ async def test_release_sees_the_prep_working_dir(pool, client: BatchClient) -> N
 
 
 async def test_delete_clears_tasks_handed_back_after_failed_prep(pool, client: BatchClient) -> None:
-    [node] = await pool(1)
-    await client.create_job(counted_job("j1", prep_script="false"))
-    handed_back: list[Event] = []
-    client.on_event = lambda e: handed_back.append(e) if e.type == "taskHandedBack" else None
-    await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)
-    await client.wait_until(lambda: handed_back, TIMEOUT_S)
+    await hand_back_after_failed_prep(pool, client)
 
     await client.delete_job("j1", timeout_s=TIMEOUT_S)
 
@@ -266,12 +268,7 @@ async def test_delete_clears_tasks_handed_back_after_failed_prep(pool, client: B
 
 
 async def test_terminate_completes_tasks_handed_back_after_failed_prep(pool, client: BatchClient) -> None:
-    [node] = await pool(1)
-    await client.create_job(counted_job("j1", prep_script="false"))
-    handed_back: list[Event] = []
-    client.on_event = lambda e: handed_back.append(e) if e.type == "taskHandedBack" else None
-    await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)
-    await client.wait_until(lambda: handed_back, TIMEOUT_S)
+    node = await hand_back_after_failed_prep(pool, client)
 
     await client.terminate_job("j1", timeout_s=TIMEOUT_S)
     await client.list_files(node.node_id, "shared")  # a round trip: whatever the node sent has arrived
