@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from node_agent.transport.mqtt import MqttTransport
 from node_agent.wire.base import utcnow
 from node_agent.wire.commands import ErrorInfo, Reply
@@ -27,10 +29,8 @@ class Publisher:
     def task(self, job_id: str, task: Task, *, code: str | None = None, message: str | None = None) -> None:
         """Retained task state plus an event; a ``code`` marks a hand-back (the task left this node)."""
         self._transport.publish(self._topics.task(job_id, task.id), task.to_json(), retain=True)
-        event = Event(
-            type="taskHandedBack" if code else "taskStateChanged",
-            time=utcnow(),
-            node_id=self.node_id,
+        self._event(
+            "taskHandedBack" if code else "taskStateChanged",
             job_id=job_id,
             task_id=task.id,
             state=task.state,
@@ -38,24 +38,17 @@ class Publisher:
             message=message,
             task=task,
         )
-        self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 
     def subtask(self, job_id: str, task_id: str, kind: EventType, state: TaskState) -> None:
         """An event for the job's preparation or release task on this node (its status is on job_node)."""
-        event = Event(type=kind, time=utcnow(), node_id=self.node_id, job_id=job_id, task_id=task_id, state=state)
-        self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
+        self._event(kind, job_id=job_id, task_id=task_id, state=state)
 
     def directory_removed(self, job_id: str, task_id: str, reason: RemovalReason, bytes_freed: int) -> None:
         """A task directory this node removed (retention or disk pressure)."""
-        event = Event(
-            type="taskDirectoryRemoved",
-            time=utcnow(),
-            node_id=self.node_id,
-            job_id=job_id,
-            task_id=task_id,
-            reason=reason,
-            bytes_freed=bytes_freed,
-        )
+        self._event("taskDirectoryRemoved", job_id=job_id, task_id=task_id, reason=reason, bytes_freed=bytes_freed)
+
+    def _event(self, kind: EventType, **fields: Any) -> None:
+        event = Event(type=kind, time=utcnow(), node_id=self.node_id, **fields)
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 
     def clear_task(self, job_id: str, task_id: str) -> None:
@@ -70,15 +63,7 @@ class Publisher:
 
     def rejected(self, code: str, message: str, request_id: str | None = None) -> None:
         """A command that cannot be answered (no usable replyTo) is reported as an event instead."""
-        event = Event(
-            type="commandRejected",
-            time=utcnow(),
-            node_id=self.node_id,
-            code=code,
-            message=message,
-            request_id=request_id,
-        )
-        self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
+        self._event("commandRejected", code=code, message=message, request_id=request_id)
 
     def reply(self, reply_to: str, request_id: str, result: object = None) -> None:
         reply = Reply(request_id=request_id, ok=True, result=result)

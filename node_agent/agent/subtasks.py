@@ -122,7 +122,7 @@ class Subtasks:
             job.prep = job.prep.model_copy(
                 update={"retry_count": outcome.retry_count, "last_retry_time": outcome.last_retry_time}
             )
-            self.ctx.publisher.job_node(job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id))
+            self._publish_status(job)
 
     async def _hand_back_waiting(self, job: NodeJob) -> None:
         """Guarantee 2: every task of the job waiting here goes back to the scheduler."""
@@ -132,10 +132,14 @@ class Subtasks:
                 await asyncio.wait({run.worker})
                 await self.manager.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")
 
+    def _publish_status(self, job: NodeJob) -> None:
+        publisher = self.ctx.publisher
+        publisher.job_node(job.id, job.info(publisher.node_id, publisher.pool_id))
+
     async def _record(self, job: NodeJob, changed: SubtaskInfo | None) -> None:
         """Store, then publish the node's status for the job and an event for the task that changed."""
         await self.manager.save_job(job)
-        self.ctx.publisher.job_node(job.id, job.info(self.ctx.publisher.node_id, self.ctx.publisher.pool_id))
+        self._publish_status(job)
         if changed is not None and job.doc is not None:
             is_prep = isinstance(changed, JobPreparationTaskExecutionInformation)
             spec = job.doc.job_preparation_task if is_prep else job.doc.job_release_task
