@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ class AgentSettings(BaseSettings):
     heartbeat_interval: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
     job_wait: timedelta = timedelta(seconds=10)
+    start_task: dict[str, Any] | None = None  # a StartTask (JSON in the variable, a table in TOML); checked at start
+    allow_reboot: bool = False
+    reboot_command: str = "systemctl reboot"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -85,6 +89,17 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.absolute() if value is not None else None
+
+    @field_validator("reboot_command")
+    @classmethod
+    def _splittable(cls, value: str) -> str:
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into words: {exc}") from None
+        if not words:
+            raise ValueError("must name a program")
+        return value
 
     @field_validator("retention_sweep_interval")
     @classmethod

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from node_agent.agent.admission import HAND_BACK_MESSAGES, Admission
 from node_agent.agent.attempts import AttemptPlan, Outcome, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
@@ -57,17 +58,16 @@ class JobManager:
         self.slots = asyncio.Semaphore(task_slots)
         self.job_wait_s = job_wait_s
         self.accepting = True
-        self.scheduling_enabled = True
+        self.admission = Admission()  # scheduling state, start task, reboot: see agent/admission.py
         self.subtasks = Subtasks(self)
 
     @property
     def running_count(self) -> int:
         return sum(run.is_running for job in self.jobs.values() for run in job.tasks.values())
 
-    def set_scheduling(self, *, enabled: bool) -> None:
-        """disableScheduling lets running and waiting tasks finish and refuses new ones (taskcompletion)."""
-        self.scheduling_enabled = enabled
-        self.ctx.on_load_change()
+    def unfinished(self) -> list[TaskRun]:
+        """Every task this node holds that has not completed (waiting, preparing or running)."""
+        return [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
 
     def job(self, job_id: str) -> NodeJob:
         return self.jobs.setdefault(job_id, NodeJob(id=job_id))
@@ -112,8 +112,7 @@ class JobManager:
     def _check_accepting(self) -> None:
         if not self.accepting:
             raise InputError("NodeShuttingDown", "the agent is stopping; place the task on another node")
-        if not self.scheduling_enabled:
-            raise InputError("NodeSchedulingDisabled", "scheduling is disabled on this node; use another node")
+        self.admission.check()
 
     async def _job_document(self, job: NodeJob) -> Job:
         try:
@@ -221,7 +220,8 @@ class JobManager:
             outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run))
             # Still holding the slot: the next task must not be seen running before this one completed.
             if run.requeue_code is not None:
-                await self.hand_back(run, run.requeue_code, "the agent stopped while the task ran")
+                message = HAND_BACK_MESSAGES.get(run.requeue_code, "the task was stopped on this node")
+                await self.hand_back(run, run.requeue_code, message)
                 return
             await asyncio.shield(self._complete(run, outcome))
 
@@ -290,6 +290,19 @@ class JobManager:
 
     # -- ending ------------------------------------------------------------------------------------------
 
+    async def requeue(self, run: TaskRun, code: str) -> None:
+        """Hand a waiting or running task back now (a running one is killed first) and wait until it is."""
+        if run.is_finished or run.worker is None:
+            return
+        if not run.is_running:
+            await _cancel(run.worker)
+            if not run.is_finished and not run.is_running:
+                await self.hand_back(run, code, HAND_BACK_MESSAGES.get(code, "the task was stopped on this node"))
+            return
+        run.requeue_code = code
+        run.kill.set()
+        await asyncio.wait({run.worker})
+
     async def terminate_task(self, job_id: str, task_id: str) -> Task:
         job = self.jobs.get(job_id)
         run = job.tasks.get(task_id) if job is not None else None
@@ -331,7 +344,7 @@ class JobManager:
     async def shutdown(self, grace_s: float) -> None:
         """SIGTERM: take nothing new, let running tasks finish within the grace, hand back the rest."""
         self.accepting = False
-        runs = [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
+        runs = self.unfinished()
         for run in runs:
             if not run.is_running and run.worker is not None:
                 await _cancel(run.worker)

@@ -47,6 +47,10 @@ class Publisher:
         """A task directory this node removed (retention or disk pressure)."""
         self._event("taskDirectoryRemoved", job_id=job_id, task_id=task_id, reason=reason, bytes_freed=bytes_freed)
 
+    def node_event(self, kind: EventType, message: str) -> None:
+        """An event about the node itself (nodeRebooted, nodeReimaged)."""
+        self._event(kind, message=message)
+
     def _event(self, kind: EventType, **fields: Any) -> None:
         event = Event(type=kind, time=utcnow(), node_id=self.node_id, **fields)
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())

@@ -15,7 +15,10 @@ from node_agent.agent.layout import NodeLayout
 from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
+from node_agent.agent.reboot import Rebooter, report_completed, settle
 from node_agent.agent.recovery import recover
+from node_agent.agent.scheduling import Scheduling
+from node_agent.agent.starttask import StartTaskRunner, configured_start_task
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError
@@ -87,22 +90,50 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
     )
+    start_task = configured_start_task(settings.start_task)
+    store = RecordStore(settings.resolved_state_dir)
+    completed, pending = await settle(store, layout.root, boot_id)
+    if completed is not None:
+        await asyncio.to_thread(layout.create)  # a reimage emptied the root
     async with asyncio.TaskGroup() as group:
         manager: JobManager | None = None
+        scheduling: Scheduling | None = None
 
         def load_changed() -> None:
             if manager is not None:
-                reporter.update(manager.running_count, "enabled" if manager.scheduling_enabled else "disabled")
+                reporter.update(manager.running_count)
+            if scheduling is not None:
+                scheduling.on_load_change()
 
-        store = RecordStore(settings.resolved_state_dir)
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
         ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines)
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
+        scheduling = Scheduling(manager, reporter)
+        await scheduling.load()
+        rebooter = Rebooter(
+            manager,
+            scheduling,
+            reporter,
+            allowed=settings.allow_reboot,
+            command=settings.reboot_command,
+            flush=lambda: transport.flush(timeout_s=5),
+            stopping=stopping,
+        )
+        starter = StartTaskRunner(manager, reporter, start_task)
+        await starter.load()
+        if pending is not None:
+            rebooter.resume(pending)  # asked for in this boot and not done: carry on
+        else:
+            starter.start()
+        if completed is not None:
+            report_completed(publisher, completed)
         sweeper = Sweeper(manager, deadlines, disk, reporter)
-        dispatcher = Dispatcher(manager, publisher, topics, settings.node_id)
+        dispatcher = Dispatcher(
+            manager, publisher, topics, scheduling=scheduling, rebooter=rebooter, start_task=starter
+        )
         transport.on_message = dispatcher.on_message
 
         async def on_connected() -> None:
@@ -114,6 +145,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         group.create_task(sweeper.run(settings.retention_sweep_interval.total_seconds(), stopping), name="retention")
         _log_started(settings, boot_id)
         await stopping.wait()
+        await starter.stop()
         await manager.shutdown(settings.shutdown_grace.total_seconds())
         await dispatcher.close()
         reporter.publish(NodeStateName.OFFLINE)
@@ -146,7 +178,7 @@ def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
             tls_ca_file=settings.tls_ca_file,
         ),
         on_message=_not_ready,
-        subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
+        subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id), topics.pool(settings.pool_id)),
     )
 
 

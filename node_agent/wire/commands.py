@@ -43,16 +43,45 @@ class GetFile(CommandBase):
     length: int = Field(default=GET_FILE_MAX_LENGTH, ge=0, le=GET_FILE_MAX_LENGTH)
 
 
+SchedulingOption = Literal["requeue", "terminate", "taskcompletion"]
+RebootOption = Literal["requeue", "terminate", "taskcompletion", "retaineddata"]
+
+
 class DisableScheduling(CommandBase):
     type: Literal["disableScheduling"]
+    node_disable_scheduling_option: SchedulingOption = "requeue"  # Azure Batch's default
 
 
 class EnableScheduling(CommandBase):
     type: Literal["enableScheduling"]
 
 
+class DrainNode(CommandBase):
+    """Stop taking tasks (scheduling disabled, taskcompletion) and reply once none is left on the node."""
+
+    type: Literal["drain"]
+
+
+class RebootNode(CommandBase):
+    type: Literal["reboot"]
+    node_reboot_option: RebootOption = "requeue"
+
+
+class ReimageNode(CommandBase):
+    type: Literal["reimage"]
+    node_reimage_option: RebootOption = "requeue"
+
+
 Command = Annotated[
-    AddTask | TerminateTask | ListFiles | GetFile | DisableScheduling | EnableScheduling,
+    AddTask
+    | TerminateTask
+    | ListFiles
+    | GetFile
+    | DisableScheduling
+    | EnableScheduling
+    | DrainNode
+    | RebootNode
+    | ReimageNode,
     Field(discriminator="type"),
 ]
 COMMANDS: TypeAdapter[Command] = TypeAdapter(Command)

@@ -124,3 +124,21 @@ class TaskSpec(WireModel):
     environment_settings: list[EnvironmentSetting] = []
     constraints: TaskConstraints = TaskConstraints()
     user_identity: UserIdentity | None = None
+
+
+class StartTask(WireModel):
+    """The pool's start task (Azure Batch StartTask): run on each node when it joins and after every reboot."""
+
+    command_line: str = Field(min_length=1)
+    resource_files: list[ResourceFile] = []
+    environment_settings: list[EnvironmentSetting] = []
+    user_identity: UserIdentity | None = None
+    max_task_retry_count: int = Field(default=0, ge=-1)
+    wait_for_success: bool = True
+
+
+class Pool(WireModel):
+    """The pool's document on P/pools/{poolId} (retained): what every node of the pool shares."""
+
+    id: Id
+    start_task: StartTask | None = None

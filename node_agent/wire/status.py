@@ -95,6 +95,23 @@ class NodeStateName(StrEnum):
     RUNNING = "running"
     UNUSABLE = "unusable"
     OFFLINE = "offline"
+    WAITING_FOR_START_TASK = "waitingforstarttask"
+    START_TASK_FAILED = "starttaskfailed"
+    REBOOTING = "rebooting"
+    REIMAGING = "reimaging"
+
+
+class StartTaskInformation(WireModel):
+    """Azure Batch's startTaskInfo of a compute node: the start task's last run in this node's current boot."""
+
+    state: SubtaskState
+    start_time: Timestamp
+    end_time: Timestamp | None = None
+    exit_code: int | None = None
+    retry_count: int = 0
+    last_retry_time: Timestamp | None = None
+    result: TaskResult | None = None
+    failure_info: FailureInfo | None = None
 
 
 class NodeState(WireModel):
@@ -112,6 +129,7 @@ class NodeState(WireModel):
     free_disk_bytes: int | None = None
     free_memory_bytes: int | None = None
     is_low_on_disk: bool = False
+    start_task_info: StartTaskInformation | None = None
 
 
 EventType = Literal[
@@ -121,6 +139,8 @@ EventType = Literal[
     "jobPreparationTaskStateChanged",
     "jobReleaseTaskStateChanged",
     "taskDirectoryRemoved",
+    "nodeRebooted",
+    "nodeReimaged",
 ]
 RemovalReason = Literal["retention", "diskPressure"]
 
