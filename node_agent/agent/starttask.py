@@ -87,6 +87,11 @@ class StartTaskRunner:
         if self._has_run_this_boot() or self.spec is None or self._run is not None:
             return
         spec = self.spec
+        # Shown at once, before anything is published: a waitForSuccess start task keeps the node from idle.
+        self.wait_for_success = spec.wait_for_success
+        self.info = StartTaskInformation(state=SubtaskState.RUNNING, start_time=utcnow())
+        self.info_boot_id = self.ctx.boot_id
+        self._show()
         self._run = self.ctx.group.create_task(self._execute(spec), name="starttask")
 
     def _has_run_this_boot(self) -> bool:
@@ -118,9 +123,6 @@ class StartTaskRunner:
             log.exception("starttask.agent_error")
 
     async def _run_start_task(self, spec: StartTask) -> None:
-        self.wait_for_success = spec.wait_for_success
-        self.info = StartTaskInformation(state=SubtaskState.RUNNING, start_time=utcnow())
-        self.info_boot_id = self.ctx.boot_id
         await self._save()
         log.info("starttask.started", wait_for_success=spec.wait_for_success)
         outcome = await run_to_end(self._plan(spec), self._kill, self._progress)
