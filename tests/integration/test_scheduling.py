@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+from typing import Any
 
 import pytest
 
+from node_agent.brokers import BrokerHandle
 from node_agent.client.pool import BatchClient, CommandError
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import TaskResult, TaskState
 from tests.conftest import restart
-from tests.lifecycle import GATE, Events, node_state, open_gate, sh, task_in
+from tests.lifecycle import GATE, TIMEOUT_S, Events, node_state, open_gate, sh, task_in
 
 # Held on node1 only: once handed back and placed on node2, the same task runs straight through.
 HELD_ON_NODE1 = sh(f'test "$AZ_BATCH_NODE_ID" != node1 || {{ {GATE}; }}')
@@ -94,3 +98,42 @@ async def test_drain_returns_once_the_node_holds_no_task(pool, client: BatchClie
     open_gate(node)
     assert await drain == {"schedulingState": "disabled", "runningTaskSlotsCount": 0}
     assert client.view.tasks[("j", "t")].state == TaskState.COMPLETED
+
+
+async def cli(client: BatchClient, broker_url: str, *args: str) -> Any:
+    """Run ``node-agent <args>`` against the test's broker and prefix; its stdout as JSON."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "node_agent",
+        *args,
+        "--broker",
+        broker_url,
+        "--prefix",
+        client.topics.prefix,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
+    assert process.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+async def test_cli_disables_enables_drains_and_sets_the_pool_start_task(
+    pool, client: BatchClient, mqtt_broker: BrokerHandle
+) -> None:
+    [node] = await pool(1)
+    url = mqtt_broker.url
+
+    assert await cli(client, url, "nodes", "disable", node.node_id, "--option", "terminate") == {
+        "schedulingState": "disabled"
+    }
+    assert await cli(client, url, "nodes", "enable", node.node_id) == {"schedulingState": "enabled"}
+    assert await cli(client, url, "nodes", "drain", node.node_id, "--timeout", "10") == {
+        "schedulingState": "disabled",
+        "runningTaskSlotsCount": 0,
+    }
+    written = await cli(client, url, "pool", "start-task", "set", "pool1", "true", "--no-wait-for-success")
+    assert (written["id"], written["startTask"]["commandLine"]) == ("pool1", "true")
+    shown = await cli(client, url, "pool", "start-task", "show", "pool1")
+    assert shown["commandLine"] == "true" and shown["waitForSuccess"] is False

@@ -64,9 +64,7 @@ async def test_failed_start_task_with_wait_for_success_leaves_node_refusing_task
     assert await count_lines(client, node.node_id, "shared/start-count") == 2
 
 
-async def test_start_task_without_wait_for_success_lets_the_node_serve_while_it_runs(
-    pool, client: BatchClient
-) -> None:
+async def test_start_task_without_wait_for_success_lets_the_node_serve_while_it_runs(pool, client: BatchClient) -> None:
     [node] = await pool(1, env=start_task_env(commandLine=sh(f"{GATE} && {COUNT}"), waitForSuccess=False))
     running = await node_state(client, node, check=lambda s: s.start_task_info is not None)
     assert running.state == NodeStateName.IDLE
