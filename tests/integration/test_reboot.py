@@ -104,3 +104,20 @@ async def test_reimage_wipes_node_root_and_preparation_runs_again(pool, client: 
 
     await client.delete_job("j", timeout_s=20)  # the task completed before the reimage is cleared too
     assert client.view.tasks.get(("j", "t1")) is None
+
+
+async def test_reboot_recorded_before_an_agent_stop_is_resumed_at_the_next_start(pool, client: BatchClient) -> None:
+    [node] = await pool(1, env={**REBOOTABLE, "NODE_AGENT_SHUTDOWN_GRACE": "PT0S"})
+    events = Events(client)
+    await client.create_job(Job(id="j"))
+    await client.add_task("j", TaskSpec(id="t", command_line=sh(GATE)), node_id=node.node_id)
+    await task_in(client, "j", "t", TaskState.RUNNING)
+    await client.nodes.reboot(node.node_id, "taskcompletion")
+
+    assert await node.stop() == 0  # SIGTERM while the reboot waits for the task: the task is handed back
+    await events.wait_for("taskHandedBack", task_id="t", code="NodeAgentStopped")
+    await node.start(ready=False)  # same boot: the recorded reboot goes on, with nothing left to wait for
+    await node.rebooted()
+
+    await events.wait_for("nodeRebooted", node_id=node.node_id)
+    assert client.view.nodes[node.node_id].boot_id == "boot-2"
