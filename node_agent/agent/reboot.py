@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from node_agent.agent.scheduling import end_tasks
+from node_agent.agent.starttask import POOL_RECORD
 from node_agent.errors import InputError, StoreCorrupt
 from node_agent.retention.removal import remove_below
 from node_agent.store.records import RecordStore
@@ -123,7 +124,10 @@ async def settle(store: RecordStore, root: Path, boot_id: str) -> tuple[Complete
     jobs: list[str] = []
     if operation.kind == "reimage":
         kept = await asyncio.to_thread(_completed_tasks, store)
+        pool = await asyncio.to_thread(store.load, POOL_RECORD)  # the node is still in its pool
         await asyncio.to_thread(_wipe, root, store.root)
+        if pool is not None:
+            await store.put(POOL_RECORD, pool)
         for job_id, (doc, tasks) in kept.items():
             if tasks:  # no preparation record: it runs again before the job's next task here
                 await store.put(("jobs", job_id, "job"), {"version": 1, "doc": doc, "prepBlocked": False})

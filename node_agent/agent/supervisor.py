@@ -90,7 +90,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
     )
-    start_task = configured_start_task(settings.start_task)
+    configured_start_task(settings.start_task)  # a bad setting stops the agent here (exit 2)
     store = RecordStore(settings.resolved_state_dir)
     completed, pending = await settle(store, layout.root, boot_id)
     if completed is not None:
@@ -111,19 +111,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines)
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
-        scheduling = Scheduling(manager, reporter)
-        await scheduling.load()
-        rebooter = Rebooter(
-            manager,
-            scheduling,
-            reporter,
-            allowed=settings.allow_reboot,
-            command=settings.reboot_command,
-            flush=lambda: transport.flush(timeout_s=5),
-            stopping=stopping,
-        )
-        starter = StartTaskRunner(manager, reporter, start_task)
-        await starter.load()
+        scheduling, rebooter, starter = await _node_lifecycle(settings, manager, reporter, transport, stopping)
         if pending is not None:
             rebooter.resume(pending)  # asked for in this boot and not done: carry on
         else:
@@ -153,6 +141,30 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
             log.warning("agent.unflushed", reason="broker unreachable; retained state falls back to the last will")
         transport_stop.set()
     log.info("agent.stopped")
+
+
+async def _node_lifecycle(
+    settings: AgentSettings,
+    manager: JobManager,
+    reporter: NodeStateReporter,
+    transport: MqttTransport,
+    stopping: asyncio.Event,
+) -> tuple[Scheduling, Rebooter, StartTaskRunner]:
+    """The scheduling state, reboot/reimage and the start task, each read back from the store."""
+    scheduling = Scheduling(manager, reporter)
+    await scheduling.load()
+    rebooter = Rebooter(
+        manager,
+        scheduling,
+        reporter,
+        allowed=settings.allow_reboot,
+        command=settings.reboot_command,
+        flush=lambda: transport.flush(timeout_s=5),
+        stopping=stopping,
+    )
+    starter = StartTaskRunner(manager, reporter, configured_start_task(settings.start_task))
+    await starter.load()
+    return scheduling, rebooter, starter
 
 
 def _log_started(settings: AgentSettings, boot_id: str) -> None:
