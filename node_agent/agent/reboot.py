@@ -215,7 +215,10 @@ class Rebooter:
 
     async def _abandon(self, operation: Operation) -> None:
         """The reboot command failed: forget the operation and serve again."""
-        await asyncio.shield(self.manager.ctx.store.delete(RECORD))
+        try:
+            await asyncio.shield(self.manager.ctx.store.delete(RECORD))
+        except OSError:  # the record stays: the next start in this boot tries again
+            log.exception("reboot.record_failed")
         self.pending = None
         self.manager.admission.lift("reboot")
         self.reporter.operation = None

@@ -101,10 +101,14 @@ class StartTaskRunner:
         """A retained pool document arrived (None: it was removed): keep it for the next boot; run its start task
         now if this node has run none in this boot."""
         async with self._pool_lock:
-            if doc is None:
-                await self.ctx.store.delete(POOL_RECORD)
-            else:
-                await self.ctx.store.put(POOL_RECORD, doc.model_dump(mode="json", by_alias=True, exclude_none=True))
+            try:
+                if doc is None:
+                    await self.ctx.store.delete(POOL_RECORD)
+                else:
+                    document = doc.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    await self.ctx.store.put(POOL_RECORD, document)
+            except OSError:  # a disk fault: the document still applies to this boot, never fails the agent
+                log.exception("pool.record_failed")
             self.from_pool = doc.start_task if doc is not None else None
             if self.info_boot_id != self.ctx.boot_id:
                 self.start()

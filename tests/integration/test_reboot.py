@@ -121,3 +121,15 @@ async def test_reboot_recorded_before_an_agent_stop_is_resumed_at_the_next_start
 
     await events.wait_for("nodeRebooted", node_id=node.node_id)
     assert client.view.nodes[node.node_id].boot_id == "boot-2"
+
+
+async def test_failing_reboot_command_is_abandoned_and_the_node_serves_again(pool, client: BatchClient) -> None:
+    [node] = await pool(1, env={"NODE_AGENT_ALLOW_REBOOT": "true", "NODE_AGENT_REBOOT_COMMAND": "/bin/false"})
+    await client.nodes.reboot(node.node_id, "requeue")
+    assert client.view.nodes[node.node_id].state == NodeStateName.REBOOTING  # published before the reply
+
+    await client.wait_until(lambda: client.view.nodes[node.node_id].state == NodeStateName.IDLE, 20)
+    await client.create_job(Job(id="j"))
+    await client.add_task("j", TaskSpec(id="t", command_line="true"), node_id=node.node_id)
+    assert (await task_in(client, "j", "t", TaskState.COMPLETED)).execution_info.result == TaskResult.SUCCESS
+    assert node.process is not None and node.process.returncode is None
