@@ -7,6 +7,7 @@ Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask):
                   |                  +--> handed back: active, no node (event JobPreparationTaskFailed)
                   +-- terminateTask / job end --> completed (TaskEnded)
                   +-- agent stop --> handed back: active, no node (event NodeAgentStopped)
+                  +-- requeue (disableScheduling, reboot, reimage) --> handed back (agent/scheduling.py)
 """
 
 from __future__ import annotations
