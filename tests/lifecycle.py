@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from node_agent.client.pool import BatchClient
 from node_agent.testing.nodes import FakeNode
 from node_agent.wire.status import Event, NodeState, Task, TaskState
@@ -32,7 +34,9 @@ async def task_in(client: BatchClient, job_id: str, task_id: str, state: TaskSta
     return await client.wait_until(reached, TIMEOUT_S)
 
 
-async def node_state(client: BatchClient, node: FakeNode, *, check=lambda state: True) -> NodeState:  # noqa: ANN001
+async def node_state(
+    client: BatchClient, node: FakeNode, *, check: Callable[[NodeState], bool] = lambda state: True
+) -> NodeState:
     """The node's retained state published by its current run, once ``check`` accepts it."""
 
     def reached() -> NodeState | None:
