@@ -77,9 +77,9 @@ async def serve(
     """Run the agent until SIGTERM/SIGINT (or ``stopping``); returns after a clean stop.
 
     ``reload`` reads the configuration again on SIGHUP (``ops/reload.py`` says what is applied)."""
+    structlog.contextvars.bind_contextvars(node_id=settings.node_id)  # first: signal handlers copy the context
     stopping = stopping or asyncio.Event()
     install_signal_handlers(stopping)
-    structlog.contextvars.bind_contextvars(node_id=settings.node_id)
     layout = NodeLayout(settings.root, settings.node_id, settings.pool_id)
     lock = await asyncio.to_thread(_prepare_disk, settings, layout)
     server = _metrics_server(settings)
