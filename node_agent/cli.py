@@ -110,6 +110,8 @@ def schema() -> None:
 
 def main() -> None:
     from node_agent.client.cli import register
+    from node_agent.ops.cli import register as register_ops
 
     register(app)
+    register_ops(app)
     app()
