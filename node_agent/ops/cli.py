@@ -82,7 +82,24 @@ def health(config: ConfigOption = None) -> None:
     typer.echo("healthy")
 
 
+def sample(
+    nodes: Annotated[int, typer.Option("--nodes", help="Wait for this many idle nodes, then run on them.")] = 1,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the nodes.")] = 120,
+) -> None:
+    """Run the JobPrepRelease sample on the nodes of a running pool (compose's one-shot `sample` service)."""
+    from node_agent.ops.pool_sample import run_on_pool
+
+    try:
+        codes = asyncio.run(run_on_pool(nodes, timeout_s, typer.echo))
+    except TimeoutError:
+        typer.echo(f"node-agent: fewer than {nodes} idle nodes after {timeout_s:g} s", err=True)
+        raise typer.Exit(1) from None
+    if any(code != (0, 0) for code in codes.values()):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("sample")(sample)
     app.command("install-service")(install_service)
     app.command("doctor")(doctor)
     app.command("health")(health)
