@@ -31,6 +31,6 @@ async def reload_settings(current: AgentSettings, load: Callable[[], AgentSettin
         notify("READY=1")
     changed = {key for key in AgentSettings.model_fields if getattr(current, key) != getattr(fresh, key)}
     applied = {key: getattr(fresh, key) for key in changed & RELOADABLE}
-    configure_logging(fresh.log_level, fresh.log_format)
     log.info("agent.reloaded", applied=sorted(applied), needs_restart=sorted(changed - RELOADABLE))
+    configure_logging(fresh.log_level, fresh.log_format)  # after the line above, which the old level lets out
     return current.model_copy(update=applied)

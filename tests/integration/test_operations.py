@@ -68,10 +68,8 @@ async def test_sd_notify_ready_status_watchdog_in_order(pool, client: BatchClien
     assert kinds.count("READY") == 1
 
 
-async def test_sd_notify_abstract_socket_and_sighup_reload(pool, tmp_path: Path) -> None:
+async def test_sd_notify_abstract_socket_and_sighup_reload(pool) -> None:
     notify = NotifySocket(f"@node-agent-test-{uuid.uuid4().hex}")
-    config = tmp_path / "agent.toml"
-    config.write_text('log_level = "info"\n')
     try:
         [node] = await pool(1, env={"NOTIFY_SOCKET": notify.address, "NODE_AGENT_LOG_LEVEL": "info"})
         await notify.wait_for(lambda m: "READY=1" in m.splitlines())
