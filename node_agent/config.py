@@ -77,7 +77,9 @@ class AgentSettings(BaseSettings):
     allow_reboot: bool = False
     reboot_command: str = "systemctl reboot"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("broker_url")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import structlog
@@ -17,6 +18,7 @@ from node_agent.agent.scheduling import Scheduling
 from node_agent.agent.starttask import StartTaskRunner
 from node_agent.errors import InputError
 from node_agent.ids import ID_RULE, is_valid_id
+from node_agent.ops import metrics
 from node_agent.wire.commands import (
     COMMANDS,
     AddTask,
@@ -34,6 +36,9 @@ from node_agent.wire.specs import Job, Pool
 from node_agent.wire.topics import Topics
 
 log = structlog.get_logger(__name__)
+COMMAND_TYPES = frozenset(
+    ("addTask", "terminateTask", "listFiles", "getFile", "disableScheduling", "enableScheduling")
+)  # the metric's label values: anything else is counted as "invalid"
 
 
 class Dispatcher:
@@ -108,13 +113,24 @@ class Dispatcher:
         self.manager.on_job_document(job_id, job)
 
     async def _command(self, payload: bytes) -> None:
+        started = time.monotonic()
         envelope = _envelope(payload)
+        is_ok = False
+        try:
+            is_ok = await self._answer(payload, envelope)
+        finally:
+            kind = envelope.get("type") if envelope.get("type") in COMMAND_TYPES else "invalid"
+            outcome = "ok" if is_ok else "error"
+            metrics.command_duration.labels(kind, outcome).observe(time.monotonic() - started)
+
+    async def _answer(self, payload: bytes, envelope: dict[str, Any]) -> bool:
+        """Execute one command and reply; True when it succeeded."""
         request_id = envelope.get("requestId") if isinstance(envelope.get("requestId"), str) else None
         reply_to = self._reply_topic(envelope.get("replyTo"))
         if envelope.get("replyTo") is not None and reply_to is None:
             message = f"replyTo must be {self.topics.replies('{clientId}')} with a valid clientId; nothing was done"
             self._refuse(None, request_id, "InvalidCommand", message)
-            return
+            return False
         try:
             command = COMMANDS.validate_json(payload)
             result = await self._execute(command)
@@ -131,6 +147,8 @@ class Dispatcher:
         else:
             if reply_to is not None and request_id is not None:
                 self.publisher.reply(reply_to, request_id, result)
+            return True
+        return False
 
     def _reply_topic(self, reply_to: Any) -> str | None:
         """Replies go only to a client's replies topic under our prefix, so no command can make the agent

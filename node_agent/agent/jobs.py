@@ -191,10 +191,11 @@ class JobManager:
         self.ctx.on_load_change()
 
     async def _work(self, job: NodeJob, run: TaskRun) -> None:
+        structlog.contextvars.bind_contextvars(job_id=run.job_id, task_id=run.task.id)  # this asyncio task's only
         try:
             await self._run_in_slot(job, run)
         except Exception as exc:  # a node fault (disk, permissions) fails this task, never the agent
-            log.exception("task.agent_error", job_id=run.job_id, task_id=run.task.id)
+            log.exception("task.agent_error")
             if not run.is_finished:
                 failure = FailureInfo(category="servererror", code="AgentError", message=f"the agent failed: {exc}")
                 outcome = Outcome(end_time=utcnow(), result=TaskResult.FAILURE, failure_info=failure)
@@ -218,6 +219,7 @@ class JobManager:
             await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
             start = utcnow()
             self._set_state(run, TaskState.RUNNING, execution_info=TaskExecutionInfo(start_time=start))
+            log.info("task.started")
             outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run))
             # Still holding the slot: the next task must not be seen running before this one completed.
             if run.requeue_code is not None:
@@ -265,13 +267,9 @@ class JobManager:
         await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
-        log.info(
-            "task.completed",
-            job_id=run.job_id,
-            task_id=run.task.id,
-            exit_code=outcome.exit_code,
-            result=str(outcome.result),
-        )
+        event = "task.succeeded" if outcome.result == TaskResult.SUCCESS else "task.failed"
+        code = outcome.failure_info.code if outcome.failure_info is not None else None
+        log.info(event, job_id=run.job_id, task_id=run.task.id, exit_code=outcome.exit_code, code=code)
 
     async def hand_back(self, run: TaskRun, code: str, message: str) -> None:
         """Give the task back to the scheduler: active, no node, and forgotten by this node."""

@@ -12,16 +12,24 @@ import psutil
 
 from node_agent import __version__
 from node_agent.agent.publisher import Publisher
+from node_agent.ops.figures import NodeFigures
 from node_agent.wire.base import utcnow
 from node_agent.wire.status import NodeState, NodeStateName, StartTaskInformation
 
 
 class NodeStateReporter:
     def __init__(
-        self, publisher: Publisher, free_disk: Callable[[], int | None], task_slots: int, boot_id: str
+        self,
+        publisher: Publisher,
+        free_disk: Callable[[], int | None],
+        task_slots: int,
+        boot_id: str,
+        figures: Callable[[], NodeFigures] | None = None,
     ) -> None:
         self.publisher = publisher
         self._free_disk = free_disk  # blocking: FreeSpaceProbe.measure
+        self._figures = figures  # blocking: ops.figures.measure_node (CPU, memory and disk totals)
+        self.figures: NodeFigures | None = None
         self.task_slots = task_slots
         self.boot_id = boot_id
         self._last: tuple[object, ...] | None = None
@@ -56,6 +64,9 @@ class NodeStateReporter:
             last_heartbeat=now,
             free_disk_bytes=self.free_disk,
             free_memory_bytes=self.free_memory,
+            total_memory_bytes=self.figures.memory_total_bytes if self.figures else None,
+            total_disk_bytes=self.figures.disk_total_bytes if self.figures else None,
+            cpu_percent=self.figures.cpu_percent if self.figures else None,
             is_low_on_disk=self.is_low_on_disk,
             start_task_info=self.start_task_info,
         )
@@ -99,4 +110,7 @@ class NodeStateReporter:
                 pass
 
     def _measure(self) -> tuple[int | None, int | None]:
+        if self._figures is not None:
+            self.figures = self._figures()
+            return self._free_disk(), self.figures.memory_available_bytes
         return self._free_disk(), psutil.virtual_memory().available

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import Callable
+from functools import partial
 
 import structlog
 
@@ -22,6 +25,9 @@ from node_agent.agent.starttask import StartTaskRunner, configured_start_task
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError
+from node_agent.ops import health, metrics, sdnotify
+from node_agent.ops.figures import measure_node
+from node_agent.ops.reload import reload_settings
 from node_agent.retention.deadlines import DeadlineBook
 from node_agent.retention.pressure import FreeSpaceProbe
 from node_agent.retention.removal import is_symlink_safe
@@ -66,26 +72,50 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
         raise ConfigError(f"cannot create the node directories: {exc}") from exc
 
 
-async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) -> None:
-    """Run the agent until SIGTERM/SIGINT (or ``stopping``); returns after a clean stop."""
+async def serve(
+    settings: AgentSettings,
+    stopping: asyncio.Event | None = None,
+    reload: Callable[[], AgentSettings] | None = None,
+) -> None:
+    """Run the agent until SIGTERM/SIGINT (or ``stopping``); returns after a clean stop.
+
+    ``reload`` reads the configuration again on SIGHUP (``ops/reload.py`` says what is applied)."""
+    structlog.contextvars.bind_contextvars(node_id=settings.node_id)  # first: signal handlers copy the context
     stopping = stopping or asyncio.Event()
     install_signal_handlers(stopping)
     layout = NodeLayout(settings.root, settings.node_id, settings.pool_id)
     lock = await asyncio.to_thread(_prepare_disk, settings, layout)
+    server = _metrics_server(settings)
     try:
-        await _serve(settings, stopping, layout)
+        await _serve(settings, stopping, layout, reload)
     finally:
+        with contextlib.suppress(RuntimeError):  # no loop handler was installed (no reload, or start-up failed)
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if server is not None:
+            await asyncio.to_thread(server.close)
         os.close(lock)
 
 
-async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeLayout) -> None:
+def _metrics_server(settings: AgentSettings) -> metrics.MetricsServer | None:
+    if settings.metrics_port is None:
+        return None
+    try:
+        return metrics.MetricsServer(settings.metrics_host, settings.metrics_port, settings.root)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
+
+
+async def _serve(
+    settings: AgentSettings, stopping: asyncio.Event, layout: NodeLayout, reload: Callable[[], AgentSettings] | None
+) -> None:
     boot_id = await asyncio.to_thread(read_boot_id, settings.boot_id_file)
     topics = Topics(settings.topic_prefix)
     transport_stop = asyncio.Event()
     transport = _transport(settings, topics)
     publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
     disk = DiskPolicy(FreeSpaceProbe(settings.root, settings.disk_free_probe_file), settings.disk_free_threshold_bytes)
-    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id)
+    figures = partial(measure_node, settings.root)
+    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id, figures)
     # The last will: the broker publishes this retained "offline" state if the agent vanishes.
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
@@ -102,6 +132,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         def load_changed() -> None:
             if manager is not None:
                 reporter.update(manager.running_count)
+                sdnotify.notify(f"STATUS={_status(manager, reporter)}")
             if scheduling is not None:
                 scheduling.on_load_change()
 
@@ -126,13 +157,27 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
 
         async def on_connected() -> None:
             reporter.publish()
+            metrics.broker_connects.inc()
+            if transport_sessions:
+                metrics.broker_reconnects.inc()
+            transport_sessions.append(None)
+            sdnotify.notify("READY=1", f"STATUS={_status(manager, reporter)}")  # subscribed: commands reach us now
 
+        transport_sessions: list[None] = []
         transport.on_connected = on_connected
         group.create_task(transport.run(transport_stop), name="mqtt")
         group.create_task(reporter.heartbeat(settings.heartbeat_interval.total_seconds(), stopping), name="heartbeat")
         group.create_task(sweeper.run(settings.retention_sweep_interval.total_seconds(), stopping), name="retention")
+
+        def snapshot() -> dict[str, object]:
+            return {"connected": transport.connected.is_set()}
+
+        _service_loops(settings, stopping, group, snapshot, partial(_status, manager, reporter))
+        if reload is not None:
+            _on_sighup(settings, reload, group)
         _log_started(settings, boot_id)
         await stopping.wait()
+        sdnotify.notify("STOPPING=1", "STATUS=stopping: handing back or finishing running tasks")
         await starter.stop()
         await manager.shutdown(settings.shutdown_grace.total_seconds())
         await dispatcher.close()
@@ -165,6 +210,34 @@ async def _node_lifecycle(
     starter = StartTaskRunner(manager, reporter, configured_start_task(settings.start_task))
     await starter.load()
     return scheduling, rebooter, starter
+
+
+def _on_sighup(settings: AgentSettings, load: Callable[[], AgentSettings], group: asyncio.TaskGroup) -> None:
+    in_force = [settings]
+
+    async def reload() -> None:
+        in_force[0] = await reload_settings(in_force[0], load)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: group.create_task(reload(), name="reload"))
+
+
+def _status(manager: JobManager, reporter: NodeStateReporter) -> str:
+    return f"{manager.running_count} tasks running, scheduling {reporter.scheduling}"
+
+
+def _service_loops(
+    settings: AgentSettings,
+    stopping: asyncio.Event,
+    group: asyncio.TaskGroup,
+    snapshot: Callable[[], dict[str, object]],
+    status: Callable[[], str],
+) -> None:
+    """The liveness file (for ``node-agent health``) and, under systemd with WatchdogSec, the watchdog pings."""
+    interval_s = min(settings.heartbeat_interval.total_seconds(), 15.0)
+    path = settings.resolved_state_dir / health.HEALTH_NAME
+    group.create_task(health.beat(path, interval_s, stopping, snapshot), name="health")
+    if (watchdog_s := sdnotify.watchdog_interval_s()) is not None:
+        group.create_task(sdnotify.keep_alive(watchdog_s, stopping, status), name="watchdog")
 
 
 def _log_started(settings: AgentSettings, boot_id: str) -> None:

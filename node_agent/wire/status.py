@@ -128,6 +128,9 @@ class NodeState(WireModel):
     last_heartbeat: Timestamp
     free_disk_bytes: int | None = None
     free_memory_bytes: int | None = None
+    total_memory_bytes: int | None = None
+    total_disk_bytes: int | None = None  # of the node root's file system
+    cpu_percent: float | None = None  # the whole node's CPU use since the previous heartbeat, percent of all CPUs
     is_low_on_disk: bool = False
     start_task_info: StartTaskInformation | None = None
 
