@@ -25,6 +25,7 @@ from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import InputError
+from node_agent.identity.users import TaskUsers
 from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
 from node_agent.store.records import RecordStore
 from node_agent.wire.base import utcnow
@@ -44,6 +45,7 @@ class NodeContext:
     on_load_change: Callable[[], None]
     processes: ProcessRegistry
     deadlines: DeadlineBook
+    users: TaskUsers
 
 
 class JobManager:
@@ -235,6 +237,7 @@ class JobManager:
             max_wall_clock=constraints.max_wall_clock_time,
             retries=constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, run.task.id),
+            users=self.ctx.users,
         )
 
     def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:

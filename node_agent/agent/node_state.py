@@ -12,13 +12,19 @@ import psutil
 from node_agent import __version__
 from node_agent.agent.publisher import Publisher
 from node_agent.wire.base import utcnow
-from node_agent.wire.status import NodeState, NodeStateName
+from node_agent.wire.status import NodeState, NodeStateName, TaskUserMode
 
 
 class NodeStateReporter:
     def __init__(
-        self, publisher: Publisher, free_disk: Callable[[], int | None], task_slots: int, boot_id: str
+        self,
+        publisher: Publisher,
+        free_disk: Callable[[], int | None],
+        task_slots: int,
+        boot_id: str,
+        task_user_mode: TaskUserMode = "agentUser",
     ) -> None:
+        self.task_user_mode: TaskUserMode = task_user_mode
         self.publisher = publisher
         self._free_disk = free_disk  # blocking: FreeSpaceProbe.measure
         self.task_slots = task_slots
@@ -48,6 +54,7 @@ class NodeStateReporter:
             agent_version=__version__,
             boot_id=self.boot_id,
             is_privileged=os.geteuid() == 0,
+            task_user_mode=self.task_user_mode,
             state_transition_time=self._since,
             last_heartbeat=now,
             free_disk_bytes=self.free_disk,

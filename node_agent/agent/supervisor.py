@@ -19,6 +19,8 @@ from node_agent.agent.recovery import recover
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError
+from node_agent.identity.ownership import unreachable_ancestor
+from node_agent.identity.users import TaskUsers, UserMode
 from node_agent.retention.deadlines import DeadlineBook
 from node_agent.retention.pressure import FreeSpaceProbe
 from node_agent.retention.removal import is_symlink_safe
@@ -26,7 +28,7 @@ from node_agent.store.boot import read_boot_id
 from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
 from node_agent.transport.mqtt import MqttTransport, Outgoing, SessionOptions
-from node_agent.wire.status import NodeStateName
+from node_agent.wire.status import NodeStateName, TaskUserMode
 from node_agent.wire.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -54,7 +56,14 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
         raise ConfigError(f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it")
     if not is_symlink_safe():
         raise ConfigError("this platform's shutil.rmtree may follow symbolic links; the agent needs Linux")
+    blocked = unreachable_ancestor(settings.root) if os.geteuid() == 0 else None
+    if blocked is not None:
+        raise ConfigError(
+            f"task users cannot reach the node root {settings.root}: {blocked} is not searchable by other users "
+            "(give it o+x, e.g. chmod 711, or put the root elsewhere)"
+        )
     try:
+        os.umask(0o022)  # the directories the agent makes are traversable by task users; their contents are not
         layout.create()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
@@ -82,7 +91,9 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
     transport = _transport(settings, topics)
     publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
     disk = DiskPolicy(FreeSpaceProbe(settings.root, settings.disk_free_probe_file), settings.disk_free_threshold_bytes)
-    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id)
+    users = TaskUsers(settings.node_id, settings.pool_id)
+    mode: TaskUserMode = "taskUsers" if users.mode == UserMode.TASK_USERS else "agentUser"
+    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id, mode)
     # The last will: the broker publishes this retained "offline" state if the agent vanishes.
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
@@ -98,7 +109,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
-        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines)
+        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines, users)
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
         sweeper = Sweeper(manager, deadlines, disk, reporter)
@@ -112,7 +123,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         group.create_task(transport.run(transport_stop), name="mqtt")
         group.create_task(reporter.heartbeat(settings.heartbeat_interval.total_seconds(), stopping), name="heartbeat")
         group.create_task(sweeper.run(settings.retention_sweep_interval.total_seconds(), stopping), name="retention")
-        _log_started(settings, boot_id)
+        _log_started(settings, boot_id, users)
         await stopping.wait()
         await manager.shutdown(settings.shutdown_grace.total_seconds())
         await dispatcher.close()
@@ -123,7 +134,14 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
     log.info("agent.stopped")
 
 
-def _log_started(settings: AgentSettings, boot_id: str) -> None:
+def _log_started(settings: AgentSettings, boot_id: str, users: TaskUsers) -> None:
+    if users.mode == UserMode.AGENT_USER:
+        log.warning(
+            "agent.development_mode",
+            user=users.agent_user,
+            reason="the agent is not root: every task runs as the agent's own user, no task users are created, "
+            "and userIdentity requests for admin, a task-scope user or another userName fail",
+        )
     log.info(
         "agent.started",
         node_id=settings.node_id,
@@ -133,6 +151,7 @@ def _log_started(settings: AgentSettings, boot_id: str) -> None:
         task_slots=settings.task_slots,
         boot_id=boot_id,
         privileged=os.geteuid() == 0,
+        task_user_mode=str(users.mode),
     )
 
 
