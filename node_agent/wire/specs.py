@@ -44,7 +44,8 @@ class AutoUserSpecification(WireModel):
 
 
 class UserIdentity(WireModel):
-    user_name: str | None = None
+    # An account name as Linux spells it; checked here so no odd byte reaches a lookup or a log line.
+    user_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
     auto_user: AutoUserSpecification | None = None
 
     @model_validator(mode="after")
