@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 
 import structlog
 
@@ -156,14 +157,23 @@ def _log_started(settings: AgentSettings, boot_id: str, users: TaskUsers) -> Non
 
 
 def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
+    options = SessionOptions(
+        identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
+        persistent=True,
+        will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
+        tls_ca_file=settings.tls_ca_file,
+        tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file,
+    )
+    brokers = settings.brokers
+    if any(broker.tls for broker in brokers):
+        try:
+            options.tls_context()  # a bad certificate or key stops the agent now, not at every reconnect
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot set up TLS with tls_ca_file/tls_cert_file/tls_key_file: {exc}") from exc
     return MqttTransport(
-        brokers=settings.brokers,
-        options=SessionOptions(
-            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
-            persistent=True,
-            will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
-            tls_ca_file=settings.tls_ca_file,
-        ),
+        brokers=brokers,
+        options=options,
         on_message=_not_ready,
         subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
     )
