@@ -28,6 +28,8 @@ def prepare_task_dir(task_dir: Path, uid: int | None, gid: int | None) -> Path:
         raise TaskFailure("CommandLaunchFailed", f"{working_dir} is not a directory (a link left by a task?)")
     if uid is not None and gid is not None:
         _chown_tree(task_dir, uid, gid)
+        for folder in (task_dir, working_dir):
+            os.chmod(folder, 0o750, follow_symlinks=False)  # other task users cannot even list it
     return working_dir
 
 
