@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import re
+import shutil
 import uuid
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from node_agent.brokers import BrokerHandle, BrokerSecurity
+from node_agent.brokers import BrokerHandle, BrokerSecurity, broker_url, find_mosquitto, free_port, secure_config
 from node_agent.client.pool import BatchClient
 from node_agent.testing.fixtures import BrokerFactory
 from node_agent.testing.nodes import NodePool, fresh_prefix
@@ -128,3 +131,57 @@ async def test_tls_client_certificates_work_end_to_end_and_are_required(
         async with BatchClient(broker.url, command_timeout_s=REFUSED_WITHIN_S, tls_ca_file=broker.ca_file):
             pass
     gc.collect()  # the failed handshakes' socket warnings come out here, under this test's filter
+
+
+SHIPPED_CONF = SHIPPED_ACL.with_name("mosquitto-secure.conf")
+READY = re.compile(rb"mosquitto version \S+ running")
+
+
+def shipped_conf(workdir: Path, port: int, prefix: str) -> Path:
+    """config/mosquitto-secure.conf as shipped, with its files made here (mosquitto_passwd, openssl) and a
+    loopback port; nothing else changed."""
+    _, ca_file = secure_config(workdir, BrokerSecurity(users=USERS, acl=shipped_acl(prefix), tls=True))
+    assert ca_file is not None
+    files = {
+        "/etc/mosquitto/node-agent/ca.crt": ca_file,
+        "/etc/mosquitto/node-agent/broker.crt": ca_file.with_name("server.crt"),
+        "/etc/mosquitto/node-agent/broker.key": ca_file.with_name("server.key"),
+        "/etc/mosquitto/node-agent/passwd": workdir / "passwd",
+        "/etc/mosquitto/node-agent/acl": workdir / "acl",
+        "/var/lib/mosquitto/": f"{workdir}/",
+    }
+    text = SHIPPED_CONF.read_text().replace("listener 8883\n", f"listener {port} 127.0.0.1\n")
+    for shipped, local in files.items():
+        assert shipped in text, shipped
+        text = text.replace(shipped, str(local))
+    conf = workdir / "secure.conf"
+    conf.write_text(text + ("user root\n" if os.geteuid() == 0 else ""))
+    return conf
+
+
+async def test_shipped_secure_config_runs_a_pool_over_tls_with_passwords(tmp_path: Path) -> None:
+    mosquitto = find_mosquitto()
+    if mosquitto is None or shutil.which("mosquitto_passwd", path="/usr/bin:/usr/sbin") is None:
+        pytest.skip("mosquitto and mosquitto_passwd are not installed (scripts/test.sh installs them)")
+    prefix, port = fresh_prefix(), free_port()
+    conf = shipped_conf(tmp_path, port, prefix)
+    broker_process = await asyncio.create_subprocess_exec(
+        mosquitto, "-c", str(conf), stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert broker_process.stderr is not None
+        async with asyncio.timeout(TIMEOUT_S):
+            while not READY.search(line := await broker_process.stderr.readline()):
+                assert line, "mosquitto exited with the shipped configuration"
+        drain = asyncio.create_task(broker_process.stderr.read())  # keeps its log from filling the pipe
+        ca_file = tmp_path / "tls" / "ca.crt"
+        broker = BrokerHandle(url=broker_url(port, tls=True), port=port, kind="mosquitto", ca_file=ca_file)
+        url = broker.url_for("scheduler", USERS["scheduler"])
+        async with BatchClient(url, topic_prefix=prefix, command_timeout_s=TIMEOUT_S, tls_ca_file=ca_file) as client:
+            async with NodePool(broker, client, tmp_path / "nodes") as pool:
+                await pool(env=password_file(tmp_path, "node1"))
+                await run_a_task(client)
+    finally:
+        broker_process.terminate()
+        await broker_process.wait()
+    await drain
