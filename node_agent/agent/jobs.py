@@ -28,7 +28,7 @@ from node_agent.errors import InputError
 from node_agent.identity.users import TaskUsers
 from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
 from node_agent.store.records import RecordStore
-from node_agent.wire.base import utcnow
+from node_agent.wire.base import add_capped, utcnow
 from node_agent.wire.specs import DEFAULT_RETENTION, Job, JobState, TaskSpec
 from node_agent.wire.status import FailureInfo, NodeInfo, Task, TaskExecutionInfo, TaskResult, TaskState
 
@@ -180,7 +180,7 @@ class JobManager:
             task_id=task_id,
             kind=kind,
             completed_at=completed_at,
-            deadline=(counting_from or completed_at) + (retention if retention is not None else DEFAULT_RETENTION),
+            deadline=add_capped(counting_from or completed_at, DEFAULT_RETENTION if retention is None else retention),
             directory=str(layout.task_dir(job_id, task_id).relative_to(layout.root)),
         )
         await self.ctx.deadlines.schedule(deadline, keep_existing=keep_existing)

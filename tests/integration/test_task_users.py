@@ -23,7 +23,7 @@ from node_agent.wire.status import Task
 from tests.integration.test_release import release_info, sh
 from tests.integration.test_retention import FAST_SWEEP, Removals, kept_for, task_dir
 
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="task users need an agent running as root (CI runs as root; run the tests as root)"
 )
 
@@ -50,6 +50,7 @@ def user_exists(name: str) -> bool:
     return True
 
 
+@needs_root
 async def test_nonadmin_task_cannot_touch_root_files_or_agent_state_but_admin_can(
     pool, client: BatchClient, tmp_path: Path
 ) -> None:
@@ -75,6 +76,7 @@ async def test_nonadmin_task_cannot_touch_root_files_or_agent_state_but_admin_ca
     assert target.read_text() == "root's\nmore\n"  # only the admin task's line
 
 
+@needs_root
 async def test_pool_user_is_shared_task_user_is_not_and_goes_with_the_task_files(pool, client: BatchClient) -> None:
     [node] = await pool(1, env=FAST_SWEEP)
     removals = Removals(client)
@@ -101,6 +103,7 @@ async def test_pool_user_is_shared_task_user_is_not_and_goes_with_the_task_files
     assert user_exists(pool_user)
 
 
+@needs_root
 async def test_task_directory_and_output_belong_to_the_task_user(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     await client.create_job(Job(id="j"))
@@ -115,6 +118,7 @@ async def test_task_directory_and_output_belong_to_the_task_user(pool, client: B
     assert (folder / "wd" / "made.txt").stat().st_mode & 0o007 == 0  # the umask keeps others out
 
 
+@needs_root
 async def test_release_removes_what_the_preparation_created(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     make = 'mkdir -p "$AZ_BATCH_NODE_SHARED_DIR/prep-j/sub" && echo x > "$AZ_BATCH_NODE_SHARED_DIR/prep-j/sub/f"'
@@ -137,6 +141,7 @@ async def test_release_removes_what_the_preparation_created(pool, client: BatchC
     assert not (task_dir(node, "j", "jobpreparation") / "wd" / "made.txt").exists()
 
 
+@needs_root
 async def test_user_name_runs_as_that_account_and_an_unknown_one_fails(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     await client.create_job(Job(id="j"))
@@ -150,3 +155,12 @@ async def test_user_name_runs_as_that_account_and_an_unknown_one_fails(pool, cli
     failure = unknown.execution_info.failure_info
     assert failure is not None and failure.code == "TaskUserNotFound" and "no-such-user" in failure.message
     assert unknown.execution_info.exit_code is None  # never started under another user
+
+
+async def test_node_state_says_whether_tasks_run_as_task_users(pool, client: BatchClient) -> None:
+    [node] = await pool(1)
+    state = client.view.nodes[node.node_id]
+    is_root = os.geteuid() == 0
+    assert (state.is_privileged, state.task_user_mode) == (is_root, "taskUsers" if is_root else "agentUser")
+    warned = '"event": "agent.development_mode"' in node.log_file.read_text()
+    assert warned != is_root  # an unprivileged agent says at start-up that every task runs as its user
