@@ -89,7 +89,35 @@ tasks = st.fixed_dictionaries(
         "environmentSettings": st.lists(st.fixed_dictionaries({"name": texts, "value": texts}), max_size=2),
     },
 )
+# Tasks the agent accepts, with the edges of what is valid: they really run in the harness's "seed" job.
+valid_identities = st.sampled_from(
+    [
+        None,
+        {"autoUser": {"scope": "task"}},
+        {"autoUser": {"scope": "pool", "elevationLevel": "admin"}},
+        {"userName": "nobody"},
+        {"userName": "no-such-user"},
+    ]
+)
+valid_tasks = st.fixed_dictionaries(
+    {"id": st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z"), "commandLine": st.sampled_from(SAFE_COMMAND_LINES)},
+    optional={
+        "constraints": st.fixed_dictionaries(
+            {"retentionTime": st.sampled_from(["PT0S", "PT0.1S", "P99999999D"])},
+            optional={
+                "maxWallClockTime": st.sampled_from(["PT0S", "PT1S", "P99999999D", "P10675199DT2H48M5.4775807S"]),
+                "maxTaskRetryCount": st.integers(min_value=-1, max_value=2),
+            },
+        ),
+        "userIdentity": valid_identities,
+        "environmentSettings": st.lists(
+            st.fixed_dictionaries({"name": st.sampled_from(["HOME", "TMPDIR", "USER", "X"]), "value": texts}),
+            max_size=3,
+        ),
+    },
+)
 commands = st.one_of(
+    st.fixed_dictionaries({"type": st.just("addTask"), "jobId": st.just("seed"), "task": valid_tasks}),
     st.fixed_dictionaries({"type": st.just("addTask"), "jobId": ids, "task": tasks}),
     st.fixed_dictionaries({"type": st.just("terminateTask"), "jobId": ids, "taskId": ids}),
     st.fixed_dictionaries({"type": st.just("listFiles")}, optional={"path": paths, "recursive": json_values}),

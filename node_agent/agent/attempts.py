@@ -129,11 +129,10 @@ def _user_environment(plan: AttemptPlan, run_as: RunAs, working_dir: Path) -> di
     if run_as.uid is None:
         return plan.env
     env = dict(plan.env)
-    env.pop("TMPDIR", None)  # the agent's temporary directory is not the task's
+    if "TMPDIR" not in plan.named_by_settings:
+        env.pop("TMPDIR", None)  # the agent's temporary directory is not the task's
     own = {"USER": run_as.name, "LOGNAME": run_as.name, "HOME": run_as.home or str(working_dir)}
     env.update({name: value for name, value in own.items() if name not in plan.named_by_settings})
-    if "TMPDIR" in plan.named_by_settings:
-        env["TMPDIR"] = plan.env["TMPDIR"]
     return env
 
 

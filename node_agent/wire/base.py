@@ -31,6 +31,8 @@ def iso_duration(value: timedelta) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+
+
 def _not_negative(value: timedelta) -> timedelta:
     if value < timedelta(0):
         raise ValueError("a duration must not be negative: use an ISO 8601 duration such as PT15M")

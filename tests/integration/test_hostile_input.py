@@ -30,6 +30,7 @@ T = TypeVar("T")
 TIMEOUT_S = 20.0
 EXAMPLES = 300
 JOB_EXAMPLES = 100
+TASK_EXAMPLES = 60
 # The catch-all paths: reaching one means some input got past validation at the edge.
 AGENT_ERRORS = ("command.failed", "task.agent_error", "prep.agent_error")
 SETTINGS = settings(
@@ -61,7 +62,8 @@ class Agent:
         self.client = BatchClient(self.broker.url, topic_prefix=prefix, command_timeout_s=TIMEOUT_S)
         await self.client.__aenter__()
         self.pool = NodePool(self.broker, self.client, self.base)
-        [self.node] = await self.pool(env={"NODE_AGENT_JOB_WAIT": "PT0.1S"})
+        fast = {"NODE_AGENT_JOB_WAIT": "PT0.1S", "NODE_AGENT_RETENTION_SWEEP_INTERVAL": "PT0.2S"}
+        [self.node] = await self.pool(env=fast, task_slots=4)
         await self.client.create_job(Job(id="seed"))
         await self.client.add_task("seed", TaskSpec(id="seed", command_line="/bin/sh -c 'echo seed'"))
         await self.client.wait_for_tasks("seed", timeout_s=TIMEOUT_S)  # hostile.SEED_FILE exists from now
@@ -70,6 +72,7 @@ class Agent:
         self.commands = f"{prefix}/nodes/{self.node.node_id}/commands"
 
     async def close(self) -> None:
+        await self.client.delete_job("seed", timeout_s=TIMEOUT_S)  # its directories and task users go too
         await self.raw.__aexit__(None, None, None)
         await self.pool.close()
         await self.client.__aexit__(None, None, None)
@@ -85,6 +88,15 @@ class Agent:
             [reply] = await self.raw.wait_until(lambda: self.raw.replies(expected_request_id), TIMEOUT_S)
             assert_well_formed(reply, expected_request_id)
         await self.still_answers()
+
+    async def all_seed_tasks_completed(self) -> None:
+        """Nothing accepted is left half-done: every task the agent took reaches completed."""
+
+        def done() -> bool:
+            tasks = [task for (job_id, _), task in self.client.view.tasks.items() if job_id == "seed"]
+            return all(task.state == "completed" for task in tasks)
+
+        await self.client.wait_until(done, TIMEOUT_S)
 
     async def publish_job(self, job_id: str, payload: bytes) -> None:
         await self.raw.publish(f"{self.raw.prefix}/jobs/{job_id}", payload, retain=True)
@@ -166,7 +178,7 @@ def test_hostile_commands_get_a_well_formed_reply_or_none_and_the_agent_stays_up
     agent: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = outside_root(agent.node)
-    tried = {"commands": 0, "raw": 0, "jobs": 0}
+    tried = {"commands": 0, "tasks": 0, "raw": 0, "jobs": 0}
 
     @SETTINGS
     @given(command=hostile.mutated(hostile.commands), request_id=request_ids, reply_to=reply_tos)
@@ -190,12 +202,23 @@ def test_hostile_commands_get_a_well_formed_reply_or_none_and_the_agent_stays_up
         # A topic with a wildcard, a control character or a non-character would get our client disconnected
         # by the broker (MQTT forbids them); such ids still reach the agent inside the payload.
         publishable = "".join(c for c in topic_id if " " <= c <= "~" and c not in "+#") or "empty"
+        publishable = "not-seed" if publishable == "seed" else publishable  # the tasks' job stays as it is
         payload = json.dumps({**job, "id": job.get("id", publishable)}).encode()
         agent.run(agent.publish_job(publishable, payload))
 
+    @settings(SETTINGS, max_examples=TASK_EXAMPLES)
+    @given(task=hostile.valid_tasks)
+    def valid_task(task: dict[str, Any]) -> None:
+        fields, due = envelope(agent, "fresh", "ours")
+        tried["tasks"] += 1
+        agent.run(agent.send(json.dumps({"type": "addTask", "jobId": "seed", "task": task, **fields}).encode(), due))
+
     command()
+    agent.run(agent.send(agent.raw.command("", {"type": "enableScheduling"}, agent.request_id()), None))
+    valid_task()
     raw()
     job_document()
+    agent.run(agent.all_seed_tasks_completed())
 
     node = agent.node
     assert node.process is not None and node.process.returncode is None
@@ -203,6 +226,7 @@ def test_hostile_commands_get_a_well_formed_reply_or_none_and_the_agent_stays_up
     assert not [event for event in AGENT_ERRORS if f'"event": "{event}"' in log], "a catch-all error path was reached"
     assert "Traceback" not in log
     assert outside_root(node) == before
+    ran = [task for (job_id, _), task in agent.client.view.tasks.items() if job_id == "seed"]
     with capsys.disabled():
-        print(f"\nhostile input: {sum(tried.values())} inputs tried ({tried})")
+        print(f"\nhostile input: {sum(tried.values())} inputs tried ({tried}); {len(ran)} tasks accepted and run")
     assert tried["commands"] >= EXAMPLES // 2
