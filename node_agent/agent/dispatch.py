@@ -119,7 +119,8 @@ class Dispatcher:
         try:
             is_ok = await self._answer(payload, envelope)
         finally:
-            kind = envelope.get("type") if envelope.get("type") in COMMAND_TYPES else "invalid"
+            kind = envelope.get("type")
+            kind = kind if isinstance(kind, str) and kind in COMMAND_TYPES else "invalid"  # any JSON may be here
             outcome = "ok" if is_ok else "error"
             metrics.command_duration.labels(kind, outcome).observe(time.monotonic() - started)
 

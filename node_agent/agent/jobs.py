@@ -27,9 +27,10 @@ from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import InputError
+from node_agent.identity.users import TaskUsers
 from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
 from node_agent.store.records import RecordStore
-from node_agent.wire.base import utcnow
+from node_agent.wire.base import add_capped, utcnow
 from node_agent.wire.specs import DEFAULT_RETENTION, Job, JobState, TaskSpec
 from node_agent.wire.status import FailureInfo, NodeInfo, Task, TaskExecutionInfo, TaskResult, TaskState
 
@@ -46,6 +47,7 @@ class NodeContext:
     on_load_change: Callable[[], None]
     processes: ProcessRegistry
     deadlines: DeadlineBook
+    users: TaskUsers
 
 
 class JobManager:
@@ -178,7 +180,7 @@ class JobManager:
             task_id=task_id,
             kind=kind,
             completed_at=completed_at,
-            deadline=(counting_from or completed_at) + (retention if retention is not None else DEFAULT_RETENTION),
+            deadline=add_capped(counting_from or completed_at, DEFAULT_RETENTION if retention is None else retention),
             directory=str(layout.task_dir(job_id, task_id).relative_to(layout.root)),
         )
         await self.ctx.deadlines.schedule(deadline, keep_existing=keep_existing)
@@ -238,6 +240,7 @@ class JobManager:
             max_wall_clock=constraints.max_wall_clock_time,
             retries=constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, run.task.id),
+            users=self.ctx.users,
         )
 
     def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:

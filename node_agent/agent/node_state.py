@@ -14,7 +14,7 @@ from node_agent import __version__
 from node_agent.agent.publisher import Publisher
 from node_agent.ops.figures import NodeFigures
 from node_agent.wire.base import utcnow
-from node_agent.wire.status import NodeState, NodeStateName, StartTaskInformation
+from node_agent.wire.status import NodeState, NodeStateName, StartTaskInformation, TaskUserMode
 
 
 class NodeStateReporter:
@@ -25,7 +25,9 @@ class NodeStateReporter:
         task_slots: int,
         boot_id: str,
         figures: Callable[[], NodeFigures] | None = None,
+        task_user_mode: TaskUserMode = "agentUser",
     ) -> None:
+        self.task_user_mode: TaskUserMode = task_user_mode
         self.publisher = publisher
         self._free_disk = free_disk  # blocking: FreeSpaceProbe.measure
         self._figures = figures  # blocking: ops.figures.measure_node (CPU, memory and disk totals)
@@ -60,6 +62,7 @@ class NodeStateReporter:
             agent_version=__version__,
             boot_id=self.boot_id,
             is_privileged=os.geteuid() == 0,
+            task_user_mode=self.task_user_mode,
             state_transition_time=self._since,
             last_heartbeat=now,
             free_disk_bytes=self.free_disk,

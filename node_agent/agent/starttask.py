@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
-from node_agent.agent.attempts import AttemptPlan, Outcome, run_to_end
+from node_agent.agent.attempts import AttemptPlan, Outcome, run_to_end, user_request
 from node_agent.errors import ConfigError, StoreCorrupt
 from node_agent.runner.environment import task_environment
 from node_agent.wire.base import utcnow
@@ -155,7 +155,11 @@ class StartTaskRunner:
             max_wall_clock=None,  # Azure Batch's start task has no wall-clock limit
             max_task_retry_count=spec.max_task_retry_count,
             resource_files=spec.resource_files,
-            user_identity=spec.user_identity,
+            job_id=PROCESS_KEY[0],
+            task_id=PROCESS_KEY[1],
+            named_by_settings=frozenset(name for name, _ in settings),
+            user=user_request(spec.user_identity),
+            users=self.ctx.users,
             tracker=self.ctx.processes.track(*PROCESS_KEY),
         )
 

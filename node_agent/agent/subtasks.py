@@ -98,6 +98,7 @@ class Subtasks:
             max_wall_clock=spec.constraints.max_wall_clock_time,
             retries=spec.constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            users=self.ctx.users,
         )
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
         job.prep = JobPreparationTaskExecutionInformation(
@@ -228,6 +229,7 @@ class Subtasks:
             max_wall_clock=spec.max_wall_clock_time,
             retries=0,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            users=self.ctx.users,
         )
         outcome = await run_to_end(plan, asyncio.Event())
         job.release = JobReleaseTaskExecutionInformation(
@@ -251,6 +253,8 @@ class Subtasks:
         )
         if not removal.complete:
             log.warning("job.removal_incomplete", job_id=job.id, error=removal.error)
+        else:
+            await self.ctx.users.remove_task_users(job.id)  # the task-scope users go with the job's files
         await asyncio.shield(self.ctx.deadlines.drop_job(job.id))
         await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
         self.manager.jobs.pop(job.id, None)

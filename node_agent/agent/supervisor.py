@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 from collections.abc import Callable
 from functools import partial
 
@@ -25,6 +26,8 @@ from node_agent.agent.starttask import StartTaskRunner, configured_start_task
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError
+from node_agent.identity.ownership import unreachable_ancestor
+from node_agent.identity.users import TaskUsers, UserMode
 from node_agent.ops import health, metrics, sdnotify
 from node_agent.ops.figures import measure_node
 from node_agent.ops.reload import reload_settings
@@ -35,7 +38,7 @@ from node_agent.store.boot import read_boot_id
 from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
 from node_agent.transport.mqtt import MqttTransport, Outgoing, SessionOptions
-from node_agent.wire.status import NodeStateName
+from node_agent.wire.status import NodeStateName, TaskUserMode
 from node_agent.wire.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -63,7 +66,14 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
         raise ConfigError(f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it")
     if not is_symlink_safe():
         raise ConfigError("this platform's shutil.rmtree may follow symbolic links; the agent needs Linux")
+    blocked = unreachable_ancestor(settings.root) if os.geteuid() == 0 else None
+    if blocked is not None:
+        raise ConfigError(
+            f"task users cannot reach the node root {settings.root}: {blocked} is not searchable by other users "
+            "(give it o+x, e.g. chmod 711, or put the root elsewhere)"
+        )
     try:
+        os.umask(0o022)  # the directories the agent makes are traversable by task users; their contents are not
         layout.create()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
@@ -114,8 +124,12 @@ async def _serve(
     transport = _transport(settings, topics)
     publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
     disk = DiskPolicy(FreeSpaceProbe(settings.root, settings.disk_free_probe_file), settings.disk_free_threshold_bytes)
+    users = TaskUsers(settings.node_id, settings.pool_id)
+    mode: TaskUserMode = "taskUsers" if users.mode == UserMode.TASK_USERS else "agentUser"
     figures = partial(measure_node, settings.root)
-    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id, figures)
+    reporter = NodeStateReporter(
+        publisher, disk.probe.measure, settings.task_slots, boot_id, figures=figures, task_user_mode=mode
+    )
     # The last will: the broker publishes this retained "offline" state if the agent vanishes.
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
@@ -139,7 +153,7 @@ async def _serve(
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
-        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines)
+        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines, users)
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
         scheduling, rebooter, starter = await _node_lifecycle(settings, manager, reporter, transport, stopping)
@@ -175,7 +189,7 @@ async def _serve(
         _service_loops(settings, stopping, group, snapshot, partial(_status, manager, reporter))
         if reload is not None:
             _on_sighup(settings, reload, group)
-        _log_started(settings, boot_id)
+        _log_started(settings, boot_id, users)
         await stopping.wait()
         sdnotify.notify("STOPPING=1", "STATUS=stopping: handing back or finishing running tasks")
         await starter.stop()
@@ -240,7 +254,14 @@ def _service_loops(
         group.create_task(sdnotify.keep_alive(watchdog_s, stopping, status), name="watchdog")
 
 
-def _log_started(settings: AgentSettings, boot_id: str) -> None:
+def _log_started(settings: AgentSettings, boot_id: str, users: TaskUsers) -> None:
+    if users.mode == UserMode.AGENT_USER:
+        log.warning(
+            "agent.development_mode",
+            user=users.agent_user,
+            reason="the agent is not root: every task runs as the agent's own user, no task users are created, "
+            "and userIdentity requests for admin, a task-scope user or another userName fail",
+        )
     log.info(
         "agent.started",
         node_id=settings.node_id,
@@ -250,18 +271,28 @@ def _log_started(settings: AgentSettings, boot_id: str) -> None:
         task_slots=settings.task_slots,
         boot_id=boot_id,
         privileged=os.geteuid() == 0,
+        task_user_mode=str(users.mode),
     )
 
 
 def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
+    options = SessionOptions(
+        identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
+        persistent=True,
+        will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
+        tls_ca_file=settings.tls_ca_file,
+        tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file,
+    )
+    brokers = settings.brokers
+    if any(broker.tls for broker in brokers):
+        try:
+            options.tls_context()  # a bad certificate or key stops the agent now, not at every reconnect
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot set up TLS with tls_ca_file/tls_cert_file/tls_key_file: {exc}") from exc
     return MqttTransport(
-        brokers=settings.brokers,
-        options=SessionOptions(
-            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
-            persistent=True,
-            will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
-            tls_ca_file=settings.tls_ca_file,
-        ),
+        brokers=brokers,
+        options=options,
         on_message=_not_ready,
         subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id), topics.pool(settings.pool_id)),
     )

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from node_agent.client.pool import BatchClient, CommandError
+from node_agent.config import read_password_file
+from node_agent.errors import ConfigError
 from node_agent.log import configure_logging
 from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, TaskSpec
 
@@ -34,8 +36,7 @@ def run_client(broker: str, prefix: str, action: Callable[[BatchClient], Awaitab
     configure_logging("warning", "console")  # logs go to stderr: stdout carries the command's output
 
     async def main() -> T:
-        ca_file = os.environ.get("NODE_AGENT_TLS_CA_FILE") or None  # the agent's setting, for mqtts:// brokers
-        async with BatchClient(broker, topic_prefix=prefix, command_timeout_s=10, tls_ca_file=ca_file) as client:
+        async with BatchClient(broker, topic_prefix=prefix, command_timeout_s=10, **_security()) as client:
             return await action(client)
 
     try:
@@ -43,9 +44,21 @@ def run_client(broker: str, prefix: str, action: Callable[[BatchClient], Awaitab
     except CommandError as exc:
         err.print(f"[red]error[/red] {exc.node_id}: {exc.code}: {exc.message}")
         raise typer.Exit(1) from None
-    except (KeyError, TimeoutError, ConnectionError) as exc:
+    except (KeyError, TimeoutError, ConnectionError, ConfigError) as exc:
         err.print(f"[red]error[/red] {str(exc) or type(exc).__name__}")
         raise typer.Exit(1) from None
+
+
+def _security() -> dict[str, Any]:
+    """The agent's TLS and login settings, read from the same NODE_AGENT_* variables (files, never values)."""
+    env = {name: os.environ.get(f"NODE_AGENT_{name.upper()}") or None for name in _SECURITY}
+    password_file = env.pop("broker_password_file")
+    username = env.pop("broker_username")
+    password = read_password_file(Path(password_file)) if password_file and username else None
+    return {**env, "username": username, "password": password}
+
+
+_SECURITY = ("tls_ca_file", "tls_cert_file", "tls_key_file", "broker_username", "broker_password_file")
 
 
 def print_json(value: Any) -> None:

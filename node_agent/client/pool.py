@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -69,8 +70,14 @@ class BatchClient:
         topic_prefix: str = "batch",
         command_timeout_s: float = 30,
         tls_ca_file: str | Path | None = None,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
-        """``tls_ca_file``: for an ``mqtts://`` URL, the CA certificate(s) to trust instead of the system's."""
+        """``tls_ca_file``: for an ``mqtts://`` URL, the CA certificate(s) to trust instead of the system's;
+        ``tls_cert_file`` and ``tls_key_file``: a client certificate and its key to present. ``username`` and
+        ``password``: the login for every broker URL that does not carry one (keeps the password out of URLs)."""
         self.topics = Topics(topic_prefix)
         self.client_id = "c" + uuid.uuid4().hex[:20]
         self.command_timeout_s = command_timeout_s
@@ -85,11 +92,18 @@ class BatchClient:
         self._background: set[asyncio.Task[Any]] = set()
         prefix = self.topics.prefix
         self._transport = MqttTransport(
-            brokers=parse_broker_urls(broker_url),
+            brokers=[
+                address
+                if address.username is not None or username is None
+                else replace(address, username=username, password=password)
+                for address in parse_broker_urls(broker_url)
+            ],
             options=SessionOptions(
                 identifier=f"node-agent-client-{self.client_id}",
                 persistent=False,
                 tls_ca_file=Path(tls_ca_file) if tls_ca_file is not None else None,
+                tls_cert_file=Path(tls_cert_file) if tls_cert_file is not None else None,
+                tls_key_file=Path(tls_key_file) if tls_key_file is not None else None,
             ),
             on_message=self._on_message,
             subscriptions=(

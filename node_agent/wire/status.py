@@ -114,6 +114,9 @@ class StartTaskInformation(WireModel):
     failure_info: FailureInfo | None = None
 
 
+TaskUserMode = Literal["taskUsers", "agentUser"]
+
+
 class NodeState(WireModel):
     node_id: Id
     pool_id: Id
@@ -124,6 +127,7 @@ class NodeState(WireModel):
     agent_version: str
     boot_id: str
     is_privileged: bool
+    task_user_mode: TaskUserMode = "agentUser"  # agentUser: development mode, every task runs as the agent's user
     state_transition_time: Timestamp
     last_heartbeat: Timestamp
     free_disk_bytes: int | None = None
