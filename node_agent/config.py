@@ -72,6 +72,14 @@ class AgentSettings(BaseSettings):
     heartbeat_interval: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
     job_wait: timedelta = timedelta(seconds=10)
+    auto_storage_url: str | None = None
+    staging_cache_dir: Path | None = None
+    staging_cache_max_bytes: int = Field(default=8 << 30, ge=0)
+    staging_concurrency: int = Field(default=4, ge=1, le=64)
+    staging_connect_timeout: timedelta = timedelta(seconds=30)
+    staging_read_timeout: timedelta = timedelta(seconds=60)
+    staging_retries: int = Field(default=4, ge=0, le=20)
+    staging_retry_delay: timedelta = timedelta(seconds=0.5)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -81,12 +89,19 @@ class AgentSettings(BaseSettings):
         parse_broker_urls(value)
         return value
 
-    @field_validator("root", "state_dir", "boot_id_file", "disk_free_probe_file", "tls_ca_file")
+    @field_validator("auto_storage_url")
+    @classmethod
+    def _valid_storage_url(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("must be an http(s) URL of a blob storage account, with its SAS query if it needs one")
+        return value
+
+    @field_validator("root", "state_dir", "boot_id_file", "disk_free_probe_file", "tls_ca_file", "staging_cache_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.absolute() if value is not None else None
 
-    @field_validator("retention_sweep_interval")
+    @field_validator("retention_sweep_interval", "staging_connect_timeout", "staging_read_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -100,6 +115,10 @@ class AgentSettings(BaseSettings):
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir or self.root.parent / "node-agent-state"
+
+    @property
+    def resolved_staging_cache_dir(self) -> Path:
+        return self.staging_cache_dir or self.resolved_state_dir / "staging-cache"
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,7 @@ import structlog
 
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessTracker
+from node_agent.agent.resources import StageFn
 from node_agent.errors import TaskFailure
 from node_agent.runner.environment import task_environment
 from node_agent.runner.process import ExitResult, ProcessSpec, run_process
@@ -44,6 +45,7 @@ class AttemptPlan:
     resource_files: Sequence[ResourceFile] = ()
     user_identity: UserIdentity | None = None
     tracker: ProcessTracker | None = None
+    stage: StageFn | None = None  # places resource_files in the working directory
 
 
 Definition = TaskSpec | JobPreparationTask | JobReleaseTask
@@ -57,6 +59,7 @@ def plan_for(
     max_wall_clock: timedelta | None,
     retries: int,
     tracker: ProcessTracker | None = None,
+    stage: StageFn | None = None,
 ) -> AttemptPlan:
     """The plan of one of the job's tasks: its directory, and its environment in Azure Batch's order."""
     prep = job.job_preparation_task
@@ -70,6 +73,7 @@ def plan_for(
         resource_files=task.resource_files,
         user_identity=task.user_identity,
         tracker=tracker,
+        stage=stage,
     )
 
 
@@ -94,10 +98,11 @@ def _agent_user() -> str:
 
 def check_supported(plan: AttemptPlan) -> None:
     """Refuse, with a clear failureInfo, what this agent cannot honour yet (never ignore it silently)."""
-    if plan.resource_files:
+    if plan.resource_files and plan.stage is None:
         raise TaskFailure(
             "ResourceFilesNotSupported",
-            "this agent version does not stage resourceFiles yet; remove them or upgrade the agent",
+            "this agent was started without resource file staging; remove resourceFiles or fix the agent",
+            category="servererror",
         )
     identity = plan.user_identity
     if identity is None:
@@ -160,6 +165,8 @@ async def run_to_end(
         check_supported(plan)
         working_dir = plan.task_dir / "wd"
         await asyncio.to_thread(working_dir.mkdir, parents=True, exist_ok=True)
+        if plan.stage is not None:
+            await plan.stage(working_dir, None)  # once, before the first attempt; a StagingFailed is not retried
         while True:
             spec = ProcessSpec(
                 command_line=plan.command_line,

@@ -13,6 +13,7 @@ from node_agent.wire.status import (
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
     RemovalReason,
+    StagingStats,
     Task,
     TaskState,
 )
@@ -46,6 +47,10 @@ class Publisher:
     def directory_removed(self, job_id: str, task_id: str, reason: RemovalReason, bytes_freed: int) -> None:
         """A task directory this node removed (retention or disk pressure)."""
         self._event("taskDirectoryRemoved", job_id=job_id, task_id=task_id, reason=reason, bytes_freed=bytes_freed)
+
+    def staged(self, job_id: str, task_id: str, stats: StagingStats) -> None:
+        """A task's resource files are in place: how many, and what the node's download cache saved."""
+        self._event("resourceFilesStaged", job_id=job_id, task_id=task_id, staging=stats)
 
     def _event(self, kind: EventType, **fields: Any) -> None:
         event = Event(type=kind, time=utcnow(), node_id=self.node_id, **fields)

@@ -96,6 +96,7 @@ class Subtasks:
             max_wall_clock=spec.constraints.max_wall_clock_time,
             retries=spec.constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            stage=self.ctx.stage_for(job.id, spec.id, spec.resource_files),
         )
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
         job.prep = JobPreparationTaskExecutionInformation(
@@ -225,6 +226,7 @@ class Subtasks:
             max_wall_clock=spec.max_wall_clock_time,
             retries=0,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            stage=self.ctx.stage_for(job.id, spec.id, spec.resource_files),
         )
         outcome = await run_to_end(plan, asyncio.Event())
         job.release = JobReleaseTaskExecutionInformation(

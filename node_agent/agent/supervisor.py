@@ -16,12 +16,15 @@ from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.recovery import recover
+from node_agent.agent.resources import ResourceStaging
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError
 from node_agent.retention.deadlines import DeadlineBook
 from node_agent.retention.pressure import FreeSpaceProbe
 from node_agent.retention.removal import is_symlink_safe
+from node_agent.staging.http import HttpOptions
+from node_agent.staging.stage import Stager, StagingOptions
 from node_agent.store.boot import read_boot_id
 from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
@@ -87,7 +90,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
     )
-    async with asyncio.TaskGroup() as group:
+    async with Stager(staging_options(settings)) as stager, asyncio.TaskGroup() as group:
         manager: JobManager | None = None
 
         def load_changed() -> None:
@@ -98,7 +101,8 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
-        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines)
+        resources = ResourceStaging(stager, publisher)
+        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines, resources)
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
         sweeper = Sweeper(manager, deadlines, disk, reporter)
@@ -121,6 +125,21 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
             log.warning("agent.unflushed", reason="broker unreachable; retained state falls back to the last will")
         transport_stop.set()
     log.info("agent.stopped")
+
+
+def staging_options(settings: AgentSettings) -> StagingOptions:
+    return StagingOptions(
+        http=HttpOptions(
+            connect_timeout_s=settings.staging_connect_timeout.total_seconds(),
+            read_timeout_s=settings.staging_read_timeout.total_seconds(),
+            retries=settings.staging_retries,
+            retry_delay_s=settings.staging_retry_delay.total_seconds(),
+        ),
+        concurrency=settings.staging_concurrency,
+        auto_storage_url=settings.auto_storage_url,
+        cache_dir=settings.resolved_staging_cache_dir,
+        cache_max_bytes=settings.staging_cache_max_bytes,
+    )
 
 
 def _log_started(settings: AgentSettings, boot_id: str) -> None:
