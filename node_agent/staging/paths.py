@@ -41,23 +41,7 @@ def confined_target(working_dir: Path, path: str) -> Path:
     current = working_dir
     for part in parts[:-1]:
         current = current / part
-        try:
-            mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            try:
-                os.mkdir(current, 0o770)
-            except OSError as exc:
-                raise StagingFailed(
-                    "ResourceDirectoryCreateFailed",
-                    f"cannot create directory {str(current.relative_to(working_dir))!r} for resource file "
-                    f"{path!r}: {exc.strerror}",
-                    category="servererror",
-                ) from exc
-            continue
-        if stat.S_ISLNK(mode):
-            raise refuse(path, f"{str(current.relative_to(working_dir))!r} is a symbolic link")
-        if not stat.S_ISDIR(mode):
-            raise refuse(path, f"{str(current.relative_to(working_dir))!r} is not a directory")
+        _ensure_directory(working_dir, current, path)
     target = current / parts[-1]
     try:
         mode = os.lstat(target).st_mode
@@ -66,3 +50,24 @@ def confined_target(working_dir: Path, path: str) -> Path:
     if stat.S_ISDIR(mode):
         raise refuse(path, "a directory of that name exists")
     return target  # an existing file or symlink is replaced by rename, never written through
+
+
+def _ensure_directory(working_dir: Path, folder: Path, path: str) -> None:
+    """``folder`` exists afterwards as a real directory (not a symlink), or StagingFailed says why not."""
+    shown = str(folder.relative_to(working_dir))
+    try:
+        os.mkdir(folder, 0o770)
+        return
+    except FileExistsError:
+        pass  # made earlier, or by a concurrent file of the same task: checked below
+    except OSError as exc:
+        raise StagingFailed(
+            "ResourceDirectoryCreateFailed",
+            f"cannot create the directory {shown!r}: {exc.strerror}",
+            category="servererror",
+        ) from exc
+    mode = os.lstat(folder).st_mode
+    if stat.S_ISLNK(mode):
+        raise refuse(path, f"{shown!r} is a symbolic link")
+    if not stat.S_ISDIR(mode):
+        raise refuse(path, f"{shown!r} is not a directory")
