@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,12 @@ from typing import Any
 import structlog
 
 from node_agent.staging.http import Fetched, Validators
+from node_agent.staging.sink import Output
 
 log = structlog.get_logger(__name__)
 
 INDEX = "index.json"
-Fetcher = Callable[[str, Path, Validators | None], Awaitable[Fetched]]
+Fetcher = Callable[[str, Sequence[Output], Validators | None], Awaitable[Fetched]]
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class Entry:
 class Lookup:
     path: Path
     is_hit: bool  # no body bytes moved for this use
+    is_placed: bool  # the download also wrote the caller's file: nothing left to copy
     bytes_received: int
     size: int
 
@@ -108,12 +110,15 @@ class DownloadCache:
         return {key: entry for key, entry in entries.items() if (self.directory / key).is_file()}
 
     @contextlib.asynccontextmanager
-    async def use(self, url: str) -> AsyncIterator[Lookup]:
-        """The current cached file for ``url`` (downloaded or revalidated first); pinned while the block runs."""
+    async def use(self, url: str, place: Output | None = None) -> AsyncIterator[Lookup]:
+        """The current cached file for ``url`` (downloaded or revalidated first); pinned while the block runs.
+
+        A download this use makes also writes ``place`` (``is_placed``); otherwise the caller copies the file.
+        """
         key = hashlib.sha256(url.encode()).hexdigest()
         self._pins[key] = self._pins.get(key, 0) + 1
         try:
-            fetched, is_leader = await self._current(key, url)
+            fetched, is_leader = await self._current(key, url, place)
             is_hit = fetched.not_modified or not is_leader
             entry = self._entries[key]
             entry.last_used = time.time()
@@ -122,7 +127,8 @@ class DownloadCache:
                 self.counters.cache_hits += 1
                 self.counters.bytes_from_cache += entry.size
             log.debug("staging.cache_hit" if is_hit else "staging.cache_miss", key=key[:16], size_bytes=entry.size)
-            yield Lookup(self.directory / key, is_hit, received, entry.size)
+            is_placed = is_leader and not fetched.not_modified and place is not None
+            yield Lookup(self.directory / key, is_hit, is_placed, received, entry.size)
         finally:
             self._pins[key] -= 1
             if not self._pins[key]:
@@ -130,7 +136,7 @@ class DownloadCache:
         await self._evict()
         await self._save_index()
 
-    async def _current(self, key: str, url: str) -> tuple[Fetched, bool]:
+    async def _current(self, key: str, url: str, place: Output | None) -> tuple[Fetched, bool]:
         while (flight := self._flights.get(key)) is not None:
             try:
                 return await asyncio.shield(flight), False
@@ -139,7 +145,7 @@ class DownloadCache:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
-            fetched = await self._refresh(key, url)
+            fetched = await self._refresh(key, url, place)
         except BaseException as exc:
             flight.set_exception(_LeaderGone() if isinstance(exc, asyncio.CancelledError) else exc)
             flight.exception()  # retrieved: no "never retrieved" noise when nobody waited
@@ -150,13 +156,13 @@ class DownloadCache:
             del self._flights[key]
         return fetched, True
 
-    async def _refresh(self, key: str, url: str) -> Fetched:
+    async def _refresh(self, key: str, url: str, place: Output | None) -> Fetched:
         entry = self._entries.get(key)
         path = self.directory / key
         validators = entry.validators if entry is not None else None
         if validators is not None and not await asyncio.to_thread(path.is_file):
             validators = None  # removed behind our back: a 304 would leave nothing to place
-        fetched = await self._fetch(url, path, validators)
+        fetched = await self._fetch(url, [Output(path), *([place] if place else [])], validators)
         if fetched.not_modified and entry is not None:
             return fetched
         self.counters.cache_misses += 1

@@ -7,25 +7,21 @@ batch is written by a worker thread, so the network and the disk overlap and the
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import random
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import structlog
 
 from node_agent.errors import StagingFailed
+from node_agent.staging.sink import Output, Sink
 
 log = structlog.get_logger(__name__)
 
 BATCH_BYTES = 1 << 20
 MAX_RETRY_DELAY_S = 30.0
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,17 +49,6 @@ class Validators:
 
 
 @dataclass(frozen=True, slots=True)
-class FileAttrs:
-    """Mode and owner given to a downloaded file through its descriptor, before it is renamed into place."""
-
-    mode: int = 0o600
-    owner: tuple[int, int] | None = None
-
-
-PRIVATE = FileAttrs()  # the cache's own files: the agent's user only
-
-
-@dataclass(frozen=True, slots=True)
 class Fetched:
     not_modified: bool  # 304: the copy we hold is current and no body was sent
     size: int
@@ -86,26 +71,19 @@ def shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def write_failure(exc: OSError, what: str) -> StagingFailed:
-    if exc.errno in DISK_FULL_ERRNOS:
-        return StagingFailed("DiskFull", f"the node's disk is full while writing {what}", category="servererror")
-    reason = exc.strerror or str(exc)
-    return StagingFailed("ResourceFileWriteFailed", f"cannot write {what}: {reason}", category="servererror")
-
-
 async def fetch(
     session: aiohttp.ClientSession,
     url: str,
-    dest: Path,
+    outputs: Sequence[Output],
     options: HttpOptions,
     validators: Validators | None = None,
-    attrs: FileAttrs = PRIVATE,
 ) -> Fetched:
-    """Download ``url`` to ``dest`` (replaced atomically), or confirm with 304 that ``validators`` are current."""
+    """Download ``url`` into every output (each replaced atomically), or confirm with 304 that ``validators``
+    are current (then nothing is written)."""
     shown = shown_url(url)
     for attempt in range(options.retries + 1):
         try:
-            return await _fetch_once(session, url, dest, options, validators, attrs)
+            return await _fetch_once(session, url, outputs, options, validators)
         except _Transient as exc:
             if attempt == options.retries:
                 raise exc.failure from exc
@@ -121,10 +99,9 @@ async def fetch(
 async def _fetch_once(
     session: aiohttp.ClientSession,
     url: str,
-    dest: Path,
+    outputs: Sequence[Output],
     options: HttpOptions,
     validators: Validators | None,
-    attrs: FileAttrs,
 ) -> Fetched:
     shown = shown_url(url)
     timeout = aiohttp.ClientTimeout(total=None, connect=options.connect_timeout_s, sock_read=options.read_timeout_s)
@@ -135,7 +112,7 @@ async def _fetch_once(
                 return Fetched(True, -1, validators, 0)
             _check_status(response, shown)
             fresh = Validators(response.headers.get("ETag"), response.headers.get("Last-Modified"))
-            received = await _save(response, dest, shown, attrs)
+            received = await _save(response, outputs, shown)
             return Fetched(False, received, fresh, received)
     except TimeoutError as exc:
         failure = StagingFailed(
@@ -170,15 +147,15 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     return float(value) if value.isdigit() else None
 
 
-async def _save(response: aiohttp.ClientResponse, dest: Path, shown: str, attrs: FileAttrs) -> int:
-    """Stream the body into a temporary file beside ``dest``; fsync and rename it only once complete."""
-    temp = dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}")
-    fd = await asyncio.to_thread(_open_temp, temp, response.content_length, shown, attrs)
+async def _save(response: aiohttp.ClientResponse, outputs: Sequence[Output], shown: str) -> int:
+    """Stream the body into temporary files beside the outputs; fsync and rename them only once complete."""
+    sink = Sink(outputs, shown)
     loop = asyncio.get_running_loop()
     pending: asyncio.Future[None] | None = None
     complete = False
     received = 0
     try:
+        await asyncio.to_thread(sink.open, response.content_length)  # a cancel here still ends in close() below
         batch: list[bytes] = []
         batch_bytes = 0
         async for chunk in response.content.iter_any():
@@ -187,7 +164,7 @@ async def _save(response: aiohttp.ClientResponse, dest: Path, shown: str, attrs:
             if batch_bytes >= BATCH_BYTES:
                 if pending is not None:
                     await pending
-                pending = loop.run_in_executor(None, _write_all, fd, batch, shown)
+                pending = loop.run_in_executor(None, sink.write, batch)
                 received += batch_bytes
                 batch, batch_bytes = [], 0
         if pending is not None:
@@ -198,72 +175,10 @@ async def _save(response: aiohttp.ClientResponse, dest: Path, shown: str, attrs:
         if length is not None and received != length:
             failure = StagingFailed("BlobDownloadMiscError", f"{shown} ended after {received} of {length} bytes")
             raise _Transient(failure)
-        await asyncio.to_thread(_flush, fd, batch, shown)
+        await asyncio.to_thread(sink.finish, batch)
         complete = True
     finally:
         if pending is not None:
             await asyncio.wait({pending})
-        await asyncio.to_thread(_close, fd, temp, dest if complete else None, shown)
+        await asyncio.to_thread(sink.close, complete=complete)
     return received
-
-
-def _open_temp(temp: Path, length: int | None, shown: str, attrs: FileAttrs) -> int:
-    if length is not None:
-        stats = os.statvfs(temp.parent)
-        if stats.f_bavail * stats.f_frsize < length:
-            raise StagingFailed(
-                "DiskFull", f"the node's disk has no room for {shown} ({length} bytes)", category="servererror"
-            )
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise write_failure(exc, f"a temporary file for {shown}") from exc
-    try:
-        apply_attrs(fd, attrs)
-    except OSError as exc:
-        os.close(fd)
-        temp.unlink(missing_ok=True)
-        raise write_failure(exc, shown) from exc
-    return fd
-
-
-def apply_attrs(fd: int, attrs: FileAttrs) -> None:
-    """Through the descriptor, so a path swapped for a symlink can never redirect a chmod or chown."""
-    if attrs.owner is not None:
-        os.fchown(fd, *attrs.owner)
-    os.fchmod(fd, attrs.mode)
-
-
-def _write_all(fd: int, chunks: Sequence[bytes], shown: str) -> None:
-    views = [memoryview(chunk) for chunk in chunks if chunk]
-    try:
-        while views:
-            written = os.writev(fd, views[:1024])  # IOV_MAX
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if written:
-                views[0] = views[0][written:]
-    except OSError as exc:
-        raise write_failure(exc, shown) from exc
-
-
-def _flush(fd: int, rest: Sequence[bytes], shown: str) -> None:
-    _write_all(fd, rest, shown)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise write_failure(exc, shown) from exc
-
-
-def _close(fd: int, temp: Path, dest: Path | None, shown: str) -> None:
-    """Close the temporary file, then rename it to ``dest`` or (no ``dest``: incomplete) remove it."""
-    os.close(fd)
-    if dest is None:
-        temp.unlink(missing_ok=True)
-        return
-    try:
-        os.rename(temp, dest)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise write_failure(exc, shown) from exc

@@ -13,7 +13,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from node_agent.staging.http import FileAttrs, apply_attrs, write_failure
+from node_agent.staging.sink import FileAttrs, apply_attrs, write_failure
 
 FALLBACK_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 

@@ -23,9 +23,10 @@ import structlog
 from node_agent.errors import StagingFailed
 from node_agent.staging.blobs import container_url, list_blobs
 from node_agent.staging.cache import DownloadCache, StagingCounters
-from node_agent.staging.http import PRIVATE, Fetched, FileAttrs, HttpOptions, Validators, fetch, shown_url
+from node_agent.staging.http import Fetched, HttpOptions, Validators, fetch, shown_url
 from node_agent.staging.paths import confined_target, refuse, relative_parts
 from node_agent.staging.placement import place_copy
+from node_agent.staging.sink import FileAttrs, Output
 
 log = structlog.get_logger(__name__)
 
@@ -169,13 +170,14 @@ class Stager:
         target = await asyncio.to_thread(confined_target, run.working_dir, item.path)
         shown = f"{item.path!r} from {shown_url(item.url)}"
         if self.cache is None:
-            fetched = await self._fetch_to(item.url, target, None, item.attrs)
+            fetched = await self._fetch_to(item.url, [Output(target, item.attrs)], None)
             run.report.cache_misses += 1
             run.report.bytes_downloaded += fetched.bytes_received
             self.counters.bytes_downloaded += fetched.bytes_received
         else:
-            async with self.cache.use(item.url) as lookup:
-                await asyncio.to_thread(place_copy, lookup.path, target, item.attrs, shown)
+            async with self.cache.use(item.url, Output(target, item.attrs)) as lookup:
+                if not lookup.is_placed:
+                    await asyncio.to_thread(place_copy, lookup.path, target, item.attrs, shown)
             if lookup.is_hit:
                 run.report.cache_hits += 1
                 run.report.bytes_from_cache += lookup.size
@@ -183,12 +185,10 @@ class Stager:
                 run.report.cache_misses += 1
                 run.report.bytes_downloaded += lookup.bytes_received
 
-    async def _fetch_to(
-        self, url: str, dest: Path, validators: Validators | None, attrs: FileAttrs = PRIVATE
-    ) -> Fetched:
+    async def _fetch_to(self, url: str, outputs: Sequence[Output], validators: Validators | None) -> Fetched:
         if self._session is None:
             raise RuntimeError("Stager used outside 'async with'")
-        return await fetch(self._session, url, dest, self.options.http, validators, attrs)
+        return await fetch(self._session, url, outputs, self.options.http, validators)
 
 
 def _log_fields(report: StagingReport) -> dict[str, int]:
