@@ -55,6 +55,11 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
     state_dir = settings.resolved_state_dir
     if state_dir.resolve().is_relative_to(settings.root.resolve()):
         raise ConfigError(f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it")
+    cache_dir = settings.resolved_staging_cache_dir
+    if cache_dir.resolve().is_relative_to(settings.root.resolve()):
+        raise ConfigError(
+            f"staging_cache_dir {cache_dir} must be outside the node root {settings.root}: tasks could change it"
+        )
     if not is_symlink_safe():
         raise ConfigError("this platform's shutil.rmtree may follow symbolic links; the agent needs Linux")
     try:
