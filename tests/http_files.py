@@ -41,6 +41,7 @@ class FileServer:
     requests: list[Served] = field(default_factory=list)
     port: int = 0
     _counts: Counter[str] = field(default_factory=Counter)
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)  # set when a /stall/ request is being held
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
@@ -136,6 +137,7 @@ class FileServer:
         await response.prepare(request)
         await response.write(b"x" * 10)
         self._record(request, 200, 10)
+        self.stalled.set()
         await self._stopping.wait()  # never more: the client's read timeout must fire
         return response
 

@@ -154,6 +154,22 @@ def _may_retry(plan: AttemptPlan, outcome: Outcome, result: ExitResult) -> bool:
     return limit == -1 or outcome.retry_count < limit
 
 
+async def _stage_unless_killed(stage: StageFn, working_dir: Path, kill: asyncio.Event) -> None:
+    """Stage once, before the first attempt (a StagingFailed is not retried); a kill cancels the downloads."""
+
+    async def watch() -> None:
+        await kill.wait()
+        raise TaskFailure("TaskEnded", "the task was terminated while its resource files were being staged")
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch())
+            await stage(working_dir, None)
+            watcher.cancel()
+    except* TaskFailure as failures:
+        raise failures.exceptions[0] from None
+
+
 async def run_to_end(
     plan: AttemptPlan,
     kill: asyncio.Event,
@@ -166,7 +182,7 @@ async def run_to_end(
         working_dir = plan.task_dir / "wd"
         await asyncio.to_thread(working_dir.mkdir, parents=True, exist_ok=True)
         if plan.stage is not None:
-            await plan.stage(working_dir, None)  # once, before the first attempt; a StagingFailed is not retried
+            await _stage_unless_killed(plan.stage, working_dir, kill)
         while True:
             spec = ProcessSpec(
                 command_line=plan.command_line,

@@ -112,6 +112,26 @@ async def test_a_staging_failure_fails_the_attempt_before_the_command_and_is_not
     assert len(server.requests) == 2  # one request each: a staging failure is never retried
 
 
+async def test_terminating_a_task_cancels_its_staging(pool, client: BatchClient, server: FileServer) -> None:
+    [node] = await pool(1)  # default timeouts: the stalled download would hang for minutes
+    await client.create_job(Job(id="j"))
+    spec = TaskSpec(
+        id="stuck",
+        command_line=sh("touch ran"),
+        resource_files=[ResourceFile(http_url=server.url("stall/big.bin"), file_path="big.bin")],
+    )
+    await client.add_task("j", spec, node_id=node.node_id)
+    async with asyncio.timeout(TIMEOUT_S):
+        await server.stalled.wait()
+    await client.terminate_task("j", "stuck")
+    [task] = await client.wait_for_tasks("j", ["stuck"], timeout_s=TIMEOUT_S)
+    info = task.execution_info
+    assert info.failure_info is not None and info.failure_info.code == "TaskEnded" and info.exit_code is None
+    assert not (wd(node, "j", "stuck") / "ran").exists()
+    assert [p.name for p in wd(node, "j", "stuck").iterdir()] == []  # no partial file
+    assert [p.name for p in (node.state_dir / "staging-cache").iterdir() if ".part-" in p.name] == []
+
+
 async def test_a_file_path_outside_the_working_directory_is_refused_at_add_task(
     pool, client: BatchClient, raw: RawMqtt, server: FileServer
 ) -> None:
