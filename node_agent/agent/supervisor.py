@@ -66,6 +66,8 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
         layout.create()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cache_dir, 0o700)
         return lock_state_dir(state_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create the node directories: {exc}") from exc
