@@ -16,7 +16,7 @@ from node_agent.client.pool import BatchClient
 from node_agent.sample import run_sample
 from node_agent.testing.nodes import FakeNode
 from node_agent.wire.specs import Job, ResourceFile, TaskConstraints, TaskSpec
-from node_agent.wire.status import Event, TaskResult
+from node_agent.wire.status import Event, Task, TaskResult
 from tests.http_files import FileServer
 from tests.raw_mqtt import RawMqtt
 from tests.tmpfs import small_tmpfs
@@ -60,7 +60,7 @@ def wd(node: FakeNode, job_id: str, task_id: str) -> Path:
     return node.root / "workitems" / job_id / "job-1" / task_id / "wd"
 
 
-async def run(client: BatchClient, node: FakeNode, job_id: str, spec: TaskSpec):  # type: ignore[no-untyped-def]
+async def run(client: BatchClient, node: FakeNode, job_id: str, spec: TaskSpec) -> Task:
     await client.add_task(job_id, spec, node_id=node.node_id)
     [task] = await client.wait_for_tasks(job_id, [spec.id], timeout_s=TIMEOUT_S)
     return task
