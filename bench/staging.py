@@ -72,9 +72,11 @@ def agent(url: str, folder: Path, use_cache: bool) -> None:
         async with Stager(options) as stager:
             source = [Source(http_url=url, file_path="data.bin")]
             before = rss_bytes()  # imports done, session open: what staging itself adds is measured
+            cpu = _cpu_s(resource.RUSAGE_SELF)
             started = time.perf_counter()
             miss = await stager.stage(source, _fresh(folder / "wd-a"))
             miss_s = time.perf_counter() - started
+            miss_cpu_s = _cpu_s(resource.RUSAGE_SELF) - cpu
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             started = time.perf_counter()
             hit = await stager.stage(source, _fresh(folder / "wd-b"))
@@ -82,6 +84,7 @@ def agent(url: str, folder: Path, use_cache: bool) -> None:
         return {
             "miss_s": miss_s,
             "miss_bytes": miss.bytes_downloaded,
+            "miss_cpu_s": miss_cpu_s,
             "hit_s": hit_s,
             "hit_bytes_downloaded": hit.bytes_downloaded,
             "hit_cache_hits": hit.cache_hits,
@@ -90,6 +93,11 @@ def agent(url: str, folder: Path, use_cache: bool) -> None:
         }
 
     print(json.dumps(asyncio.run(main())), flush=True)
+
+
+def _cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _fresh(folder: Path) -> Path:
@@ -108,10 +116,12 @@ def generate(path: Path, size: int) -> None:
         out.write(os.urandom(MIB))
 
 
-def run_curl(url: str, dest: Path) -> float:
+def run_curl(url: str, dest: Path) -> tuple[float, float]:
+    """Seconds and CPU seconds (user + system) of one curl download."""
+    cpu = _cpu_s(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(["curl", "-sS", "--fail", "-o", str(dest), url], check=True)  # noqa: S603 S607
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu_s(resource.RUSAGE_CHILDREN) - cpu
 
 
 def run_agent(url: str, folder: Path, *, use_cache: bool) -> dict[str, Any]:
@@ -124,10 +134,12 @@ def run_agent(url: str, folder: Path, *, use_cache: bool) -> dict[str, Any]:
 
 
 def measure(url: str, work: Path, size: int, runs: int) -> dict[str, list[Any]]:
-    figures: dict[str, list[Any]] = {"curl": [], "cache": [], "direct": []}
+    figures: dict[str, list[Any]] = {"curl": [], "curl_cpu": [], "cache": [], "direct": []}
     for run in range(runs):
         dest = work / f"curl-{run}.bin"
-        figures["curl"].append(size / run_curl(url, dest) / MIB)
+        seconds, cpu_s = run_curl(url, dest)
+        figures["curl"].append(size / seconds / MIB)
+        figures["curl_cpu"].append(cpu_s / (size / 2**30))
         dest.unlink()
         for name, use_cache in (("cache", True), ("direct", False)):
             folder = work / f"{name}-{run}"
@@ -142,15 +154,27 @@ def report(figures: dict[str, list[Any]], size: int, access_log: Path) -> None:
     direct = figures["direct"]
     agent_cache = statistics.median(size / f["miss_s"] / MIB for f in cached)
     agent_direct = statistics.median(size / f["miss_s"] / MIB for f in direct)
+    cpu = {
+        "curl": statistics.median(figures["curl_cpu"]),
+        "direct": statistics.median(f["miss_cpu_s"] / (size / 2**30) for f in direct),
+        "cache": statistics.median(f["miss_cpu_s"] / (size / 2**30) for f in cached),
+    }
     growth = max(f["rss_peak"] - f["rss_before"] for f in cached + direct)
     hit_s = statistics.median(f["hit_s"] for f in cached)
     statuses = [line.split() for line in access_log.read_text().splitlines() if line[:3].isdigit()]
     not_modified = [int(b) for s, b in statuses if s == "304"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {_curl()}")
     print(f"file: {size // MIB} MiB on loopback, {len(figures['curl'])} runs, medians")
-    print(f"curl -o FILE                          {curl:8.0f} MiB/s")
-    print(f"agent, no cache (download + fsync)    {agent_direct:8.0f} MiB/s   {agent_direct / curl:6.1%} of curl")
-    print(f"agent, cache miss (cache + task file) {agent_cache:8.0f} MiB/s   {agent_cache / curl:6.1%} of curl")
+    print(f"load average (1 min) after the runs: {os.getloadavg()[0]:.1f}; CPU seconds are user + system per GiB")
+    print(f"curl -o FILE                          {curl:8.0f} MiB/s                    {cpu['curl']:5.2f} CPU s/GiB")
+    print(
+        f"agent, no cache (download + fsync)    {agent_direct:8.0f} MiB/s   {agent_direct / curl:6.1%} of curl"
+        f"   {cpu['direct']:5.2f} CPU s/GiB"
+    )
+    print(
+        f"agent, cache miss (cache + task file) {agent_cache:8.0f} MiB/s   {agent_cache / curl:6.1%} of curl"
+        f"   {cpu['cache']:5.2f} CPU s/GiB"
+    )
     print(f"agent peak RSS growth                 {growth / MIB:8.1f} MiB")
     hits = [f["hit_bytes_downloaded"] for f in cached]
     print(
