@@ -102,6 +102,14 @@ class AgentSettings(BaseSettings):
     start_task: dict[str, Any] | None = None  # a StartTask (JSON in the variable, a table in TOML); checked at start
     allow_reboot: bool = False
     reboot_command: str = "systemctl reboot"
+    auto_storage_url: str | None = None
+    staging_cache_dir: Path | None = None
+    staging_cache_max_bytes: int = Field(default=8 << 30, ge=0)
+    staging_concurrency: int = Field(default=4, ge=1, le=64)
+    staging_connect_timeout: timedelta = timedelta(seconds=30)
+    staging_read_timeout: timedelta = timedelta(seconds=60)
+    staging_retries: int = Field(default=4, ge=0, le=20)
+    staging_retry_delay: timedelta = timedelta(seconds=0.5)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -113,6 +121,13 @@ class AgentSettings(BaseSettings):
         parse_broker_urls(value)
         return value
 
+    @field_validator("auto_storage_url")
+    @classmethod
+    def _valid_storage_url(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError("must be an http(s) URL of a blob storage account, with its SAS query if it needs one")
+        return value
+
     @field_validator(
         "root",
         "state_dir",
@@ -122,6 +137,7 @@ class AgentSettings(BaseSettings):
         "tls_cert_file",
         "tls_key_file",
         "broker_password_file",
+        "staging_cache_dir",
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -153,7 +169,7 @@ class AgentSettings(BaseSettings):
             raise ValueError("broker_password_file needs broker_username")
         return self
 
-    @field_validator("retention_sweep_interval")
+    @field_validator("retention_sweep_interval", "staging_connect_timeout", "staging_read_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -168,6 +184,10 @@ class AgentSettings(BaseSettings):
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir or self.root.parent / "node-agent-state"
+
+    @property
+    def resolved_staging_cache_dir(self) -> Path:
+        return self.staging_cache_dir or self.resolved_state_dir / "staging-cache"
 
     @classmethod
     def settings_customise_sources(

@@ -3,6 +3,7 @@
 AgentError
 ├── InputError       bad command/id/path -> error reply, state unchanged   (agent/dispatch.py)
 ├── TaskFailure      failureInfo of one attempt                             (agent/attempts.py)
+│   └── StagingFailed  a resource file could not be staged: never retried     (staging/stage.py)
 ├── ConfigError      bad settings -> one-line reason, exit 2                (cli.py)
 └── StoreCorrupt     unreadable durable state -> exit 3                     (cli.py)
 """
@@ -31,6 +32,10 @@ class TaskFailure(AgentError):
         self.code = code
         self.message = message
         self.category = category
+
+
+class StagingFailed(TaskFailure):
+    """A resource file could not be placed; the attempt fails before its command runs and is not retried."""
 
 
 class ConfigError(AgentError):

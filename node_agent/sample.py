@@ -4,6 +4,11 @@ A job with a preparation task (writes the node id into the node's shared file), 
 the file) and eight tasks (each appends its id). Once the tasks completed, each node's file is read through
 getFile and printed; the job is terminated, which runs the release task on every node that ran the
 preparation; then the preparation and release exit codes of each node are printed.
+
+With a ``data_url`` (the variant for "download common task data once per node"), the preparation task also
+gets that file as a resourceFile, so each node downloads it once, into the preparation's working directory;
+every task then reads it from there (``AZ_BATCH_JOB_PREP_WORKING_DIR``) and only appends its id if the file
+is there and not empty.
 """
 
 from __future__ import annotations
@@ -11,22 +16,28 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from node_agent.client.pool import BatchClient, CommandError
-from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, TaskSpec
+from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, ResourceFile, TaskSpec
 
 JOB_ID = "JobPrepReleaseSampleJob"
 FILE_NAME = "job_prep_and_release.txt"
 PREP_COMMAND = "/bin/sh -c 'echo $AZ_BATCH_NODE_ID > $AZ_BATCH_NODE_SHARED_DIR/job_prep_and_release.txt'"
 TASK_COMMAND = "/bin/sh -c 'echo $AZ_BATCH_TASK_ID >> $AZ_BATCH_NODE_SHARED_DIR/job_prep_and_release.txt'"
+DATA_FILE = "shared_data.bin"
+DATA_TASK_COMMAND = (
+    '/bin/sh -c \'test -s "$AZ_BATCH_JOB_PREP_WORKING_DIR/shared_data.bin" && '
+    "echo $AZ_BATCH_TASK_ID >> $AZ_BATCH_NODE_SHARED_DIR/job_prep_and_release.txt'"
+)
 RELEASE_COMMAND = "/bin/sh -c 'rm $AZ_BATCH_NODE_SHARED_DIR/job_prep_and_release.txt'"
 RULE = "-------------------------------------------"
 
 Print = Callable[[str], None]
 
 
-def sample_job(job_id: str = JOB_ID) -> Job:
+def sample_job(job_id: str = JOB_ID, data_url: str | None = None) -> Job:
+    files = [ResourceFile(http_url=data_url, file_path=DATA_FILE, file_mode="0644")] if data_url else []
     return Job(
         id=job_id,
-        job_preparation_task=JobPreparationTask(command_line=PREP_COMMAND),
+        job_preparation_task=JobPreparationTask(command_line=PREP_COMMAND, resource_files=files),
         job_release_task=JobReleaseTask(command_line=RELEASE_COMMAND),
     )
 
@@ -52,14 +63,16 @@ async def run_sample(
     task_count: int = 8,
     job_id: str = JOB_ID,
     timeout_s: float = 120,
+    data_url: str | None = None,
 ) -> dict[str, tuple[int | None, int | None]]:
     """Run the sample on the nodes; returns {node id: (prep exit code, release exit code)}."""
     await client.wait_for_nodes(node_ids, timeout_s=timeout_s)
     progress(f"pool ready: {', '.join(node_ids)}")
-    await client.create_job(sample_job(job_id))
+    await client.create_job(sample_job(job_id, data_url))
     progress(f"job {job_id} created with a preparation and a release task")
+    command = DATA_TASK_COMMAND if data_url else TASK_COMMAND
     for number in range(1, task_count + 1):
-        task = await client.add_task(job_id, TaskSpec(id=f"task{number:03d}", command_line=TASK_COMMAND))
+        task = await client.add_task(job_id, TaskSpec(id=f"task{number:03d}", command_line=command))
         progress(f"added {task.id} on {task.node_info.node_id if task.node_info else '?'}")
     await client.wait_for_tasks(job_id, timeout_s=timeout_s)
     progress(f"all {task_count} tasks completed")

@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# Installs what the tests need (the mosquitto broker, systemd-analyze, podman for the container tests, a
-# virtual environment with the project and its test extras) and runs the whole suite. Extra arguments go
-# to pytest. Fails on any failed test and when no test was collected.
+# Installs what the tests need (the mosquitto broker, systemd-analyze, podman for the container tests,
+# Node.js and the Azure Storage emulator Azurite in the git-ignored .cache/azurite, a virtual environment
+# with the project and its test extras) and runs the whole suite. Extra arguments go to pytest. Fails on
+# any failed test and when no test was collected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"   # Debian installs mosquitto in /usr/sbin
 
 # mosquitto for the brokers; systemd-analyze (package systemd) to verify the unit; podman, runc and
-# debootstrap for the container tests (tests/containers, docs/testing.md), which build their base image.
+# debootstrap for the container tests (tests/containers, docs/testing.md), which build their base image;
+# Node.js and npm for Azurite.
 missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-        --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+# Azurite for the blob container tests (tests/azurite.py); they are skipped, saying why, if this fails.
+if command -v npm >/dev/null && [ ! -x .cache/azurite/node_modules/.bin/azurite-blob ]; then
+    npm install --prefix .cache/azurite --no-audit --no-fund --loglevel=error 'azurite@^3.35' >/dev/null \
+        || echo "scripts/test.sh: npm could not install azurite; the blob container tests will be skipped" >&2
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

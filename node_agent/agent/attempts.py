@@ -12,6 +12,7 @@ import structlog
 
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessTracker
+from node_agent.agent.resources import StageFn
 from node_agent.errors import TaskFailure
 from node_agent.identity.ownership import prepare_task_dir
 from node_agent.identity.users import TASK_UMASK, RunAs, TaskUsers, UserKind, UserRequest
@@ -48,6 +49,7 @@ class AttemptPlan:
     user: UserRequest = UserRequest()
     users: TaskUsers | None = None  # None: run as the agent's own user (tests of the runner alone)
     tracker: ProcessTracker | None = None
+    stage: StageFn | None = None  # places resource_files in the working directory
 
 
 Definition = TaskSpec | JobPreparationTask | JobReleaseTask
@@ -62,6 +64,7 @@ def plan_for(
     retries: int,
     tracker: ProcessTracker | None = None,
     users: TaskUsers | None = None,
+    stage: StageFn | None = None,
 ) -> AttemptPlan:
     """The plan of one of the job's tasks: its directory, and its environment in Azure Batch's order."""
     prep = job.job_preparation_task
@@ -79,6 +82,7 @@ def plan_for(
         user=user_request(task.user_identity),
         users=users,
         tracker=tracker,
+        stage=stage,
     )
 
 
@@ -111,10 +115,11 @@ class Outcome:
 
 def check_supported(plan: AttemptPlan) -> None:
     """Refuse, with a clear failureInfo, what this agent cannot honour yet (never ignore it silently)."""
-    if plan.resource_files:
+    if plan.resource_files and plan.stage is None:
         raise TaskFailure(
             "ResourceFilesNotSupported",
-            "this agent version does not stage resourceFiles yet; remove them or upgrade the agent",
+            "this agent was started without resource file staging; remove resourceFiles or fix the agent",
+            category="servererror",
         )
 
 
@@ -167,6 +172,23 @@ def _may_retry(plan: AttemptPlan, outcome: Outcome, result: ExitResult) -> bool:
     return limit == -1 or outcome.retry_count < limit
 
 
+async def _stage_unless_killed(stage: StageFn, working_dir: Path, run_as: RunAs, kill: asyncio.Event) -> None:
+    """Stage once, before the first attempt (a StagingFailed is not retried); a kill cancels the downloads."""
+
+    async def watch() -> None:
+        await kill.wait()
+        raise TaskFailure("TaskEnded", "the task was terminated while its resource files were being staged")
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch())
+            owner = (run_as.uid, run_as.gid) if run_as.uid is not None and run_as.gid is not None else None
+            await stage(working_dir, owner)
+            watcher.cancel()
+    except* TaskFailure as failures:
+        raise failures.exceptions[0] from None
+
+
 async def run_to_end(
     plan: AttemptPlan,
     kill: asyncio.Event,
@@ -177,6 +199,10 @@ async def run_to_end(
     try:
         check_supported(plan)
         run_as = await _run_as(plan)
+        if plan.stage is not None:
+            staging_dir = plan.task_dir / "wd"
+            await asyncio.to_thread(staging_dir.mkdir, parents=True, exist_ok=True)
+            await _stage_unless_killed(plan.stage, staging_dir, run_as, kill)
         while True:
             # Before every attempt: what the last attempt (or staging) left in the directory becomes the user's.
             working_dir = await asyncio.to_thread(prepare_task_dir, plan.task_dir, run_as.uid, run_as.gid)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,13 +25,14 @@ from node_agent.agent.attempts import AttemptPlan, Outcome, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
+from node_agent.agent.resources import ResourceStaging, StageFn
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import InputError
 from node_agent.identity.users import TaskUsers
 from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
 from node_agent.store.records import RecordStore
 from node_agent.wire.base import add_capped, utcnow
-from node_agent.wire.specs import DEFAULT_RETENTION, Job, JobState, TaskSpec
+from node_agent.wire.specs import DEFAULT_RETENTION, Job, JobState, ResourceFile, TaskSpec
 from node_agent.wire.status import FailureInfo, NodeInfo, Task, TaskExecutionInfo, TaskResult, TaskState
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,10 @@ class NodeContext:
     processes: ProcessRegistry
     deadlines: DeadlineBook
     users: TaskUsers
+    resources: ResourceStaging | None = None
+
+    def stage_for(self, job_id: str, task_id: str, files: Sequence[ResourceFile]) -> StageFn | None:
+        return self.resources.for_task(job_id, task_id, files) if self.resources is not None else None
 
 
 class JobManager:
@@ -241,6 +246,7 @@ class JobManager:
             retries=constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, run.task.id),
             users=self.ctx.users,
+            stage=self.ctx.stage_for(job.id, run.task.id, run.spec.resource_files),
         )
 
     def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:

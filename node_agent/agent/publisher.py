@@ -14,6 +14,7 @@ from node_agent.wire.status import (
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
     RemovalReason,
+    StagingStats,
     Task,
     TaskState,
 )
@@ -54,6 +55,10 @@ class Publisher:
     def node_event(self, kind: EventType, message: str) -> None:
         """An event about the node itself (nodeRebooted, nodeReimaged)."""
         self._event(kind, message=message)
+
+    def staged(self, job_id: str, task_id: str, stats: StagingStats) -> None:
+        """A task's resource files are in place: how many, and what the node's download cache saved."""
+        self._event("resourceFilesStaged", job_id=job_id, task_id=task_id, staging=stats)
 
     def _event(self, kind: EventType, **fields: Any) -> None:
         event = Event(type=kind, time=utcnow(), node_id=self.node_id, **fields)

@@ -161,6 +161,7 @@ class StartTaskRunner:
             user=user_request(spec.user_identity),
             users=self.ctx.users,
             tracker=self.ctx.processes.track(*PROCESS_KEY),
+            stage=self.ctx.stage_for(*PROCESS_KEY, spec.resource_files),
         )
 
     def _progress(self, outcome: Outcome) -> None:

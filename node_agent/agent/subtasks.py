@@ -99,6 +99,7 @@ class Subtasks:
             retries=spec.constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, spec.id),
             users=self.ctx.users,
+            stage=self.ctx.stage_for(job.id, spec.id, spec.resource_files),
         )
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
         job.prep = JobPreparationTaskExecutionInformation(
@@ -230,6 +231,7 @@ class Subtasks:
             retries=0,
             tracker=self.ctx.processes.track(job.id, spec.id),
             users=self.ctx.users,
+            stage=self.ctx.stage_for(job.id, spec.id, spec.resource_files),
         )
         outcome = await run_to_end(plan, asyncio.Event())
         job.release = JobReleaseTaskExecutionInformation(

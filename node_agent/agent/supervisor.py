@@ -21,6 +21,7 @@ from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.reboot import Rebooter, report_completed, settle
 from node_agent.agent.recovery import recover
+from node_agent.agent.resources import ResourceStaging
 from node_agent.agent.scheduling import Scheduling
 from node_agent.agent.starttask import StartTaskRunner, configured_start_task
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
@@ -34,6 +35,8 @@ from node_agent.ops.reload import reload_settings
 from node_agent.retention.deadlines import DeadlineBook
 from node_agent.retention.pressure import FreeSpaceProbe
 from node_agent.retention.removal import is_symlink_safe
+from node_agent.staging.http import HttpOptions
+from node_agent.staging.stage import Stager, StagingOptions
 from node_agent.store.boot import read_boot_id
 from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
@@ -64,6 +67,11 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
     state_dir = settings.resolved_state_dir
     if state_dir.resolve().is_relative_to(settings.root.resolve()):
         raise ConfigError(f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it")
+    cache_dir = settings.resolved_staging_cache_dir
+    if cache_dir.resolve().is_relative_to(settings.root.resolve()):
+        raise ConfigError(
+            f"staging_cache_dir {cache_dir} must be outside the node root {settings.root}: tasks could change it"
+        )
     if not is_symlink_safe():
         raise ConfigError("this platform's shutil.rmtree may follow symbolic links; the agent needs Linux")
     blocked = unreachable_ancestor(settings.root) if os.geteuid() == 0 else None
@@ -77,6 +85,8 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
         layout.create()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cache_dir, 0o700)
         return lock_state_dir(state_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create the node directories: {exc}") from exc
@@ -139,7 +149,7 @@ async def _serve(
     completed, pending = await settle(store, layout.root, boot_id)
     if completed is not None:
         await asyncio.to_thread(layout.create)  # a reimage emptied the root
-    async with asyncio.TaskGroup() as group:
+    async with Stager(staging_options(settings)) as stager, asyncio.TaskGroup() as group:
         manager: JobManager | None = None
         scheduling: Scheduling | None = None
 
@@ -153,7 +163,10 @@ async def _serve(
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
-        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines, users)
+        resources = ResourceStaging(stager, publisher)
+        ctx = NodeContext(
+            layout, store, publisher, boot_id, group, load_changed, processes, deadlines, users, resources
+        )
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
         scheduling, rebooter, starter = await _node_lifecycle(settings, manager, reporter, transport, stopping)
@@ -252,6 +265,21 @@ def _service_loops(
     group.create_task(health.beat(path, interval_s, stopping, snapshot), name="health")
     if (watchdog_s := sdnotify.watchdog_interval_s()) is not None:
         group.create_task(sdnotify.keep_alive(watchdog_s, stopping, status), name="watchdog")
+
+
+def staging_options(settings: AgentSettings) -> StagingOptions:
+    return StagingOptions(
+        http=HttpOptions(
+            connect_timeout_s=settings.staging_connect_timeout.total_seconds(),
+            read_timeout_s=settings.staging_read_timeout.total_seconds(),
+            retries=settings.staging_retries,
+            retry_delay_s=settings.staging_retry_delay.total_seconds(),
+        ),
+        concurrency=settings.staging_concurrency,
+        auto_storage_url=settings.auto_storage_url,
+        cache_dir=settings.resolved_staging_cache_dir,
+        cache_max_bytes=settings.staging_cache_max_bytes,
+    )
 
 
 def _log_started(settings: AgentSettings, boot_id: str, users: TaskUsers) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +26,8 @@ class EnvironmentSetting(WireModel):
 
 
 class ResourceFile(WireModel):
+    """One file (httpUrl) or a container's blobs to place in a task's working directory before it starts."""
+
     http_url: str | None = None
     storage_container_url: str | None = None
     auto_storage_container_name: str | None = None
@@ -38,7 +42,30 @@ class ResourceFile(WireModel):
             raise ValueError(
                 "a resourceFile needs exactly one of httpUrl, storageContainerUrl, autoStorageContainerName"
             )
+        if self.http_url is not None:
+            if urlsplit(self.http_url).scheme not in ("http", "https"):
+                raise ValueError("httpUrl must be an http:// or https:// URL")
+            if not self.file_path:
+                raise ValueError(
+                    "a resourceFile with httpUrl needs a filePath (the file's path in the working directory)"
+                )
+        elif self.storage_container_url is not None and urlsplit(self.storage_container_url).scheme not in (
+            "http",
+            "https",
+        ):
+            raise ValueError("storageContainerUrl must be an http:// or https:// URL")
+        if self.blob_prefix is not None and self.http_url is not None:
+            raise ValueError("blobPrefix applies to storageContainerUrl and autoStorageContainerName only")
         return self
+
+    @field_validator("file_path")
+    @classmethod
+    def _relative_inside(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "\x00" in value or PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
+            raise ValueError("filePath must be a relative path without '..' (it stays in the working directory)")
+        return value
 
 
 class AutoUserSpecification(WireModel):

@@ -148,12 +148,24 @@ EventType = Literal[
     "taskDirectoryRemoved",
     "nodeRebooted",
     "nodeReimaged",
+    "resourceFilesStaged",
 ]
 RemovalReason = Literal["retention", "diskPressure"]
 
 
+class StagingStats(WireModel):
+    """What staging one task's resourceFiles did (an extension: Azure Batch reports no such figures)."""
+
+    files: int
+    cache_hits: int = 0
+    cache_misses: int = 0
+    bytes_downloaded: int = 0
+    bytes_from_cache: int = 0
+    duration_ms: int = 0
+
+
 class Event(WireModel):
-    """One task state change, a rejected command or a removed task directory, on P/nodes/{nodeId}/events."""
+    """On P/nodes/{nodeId}/events: a task state change, a rejected command, a removed directory, staged files."""
 
     type: EventType
     time: Timestamp
@@ -167,3 +179,4 @@ class Event(WireModel):
     task: Task | None = None
     reason: RemovalReason | None = None
     bytes_freed: int | None = None
+    staging: StagingStats | None = None

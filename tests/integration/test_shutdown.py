@@ -154,6 +154,12 @@ def test_state_dir_inside_the_node_root_exits_2(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "state_dir" in result.stderr
 
 
+def test_staging_cache_inside_the_node_root_exits_2(tmp_path: Path) -> None:
+    result = run_agent(tmp_path, {"NODE_AGENT_STAGING_CACHE_DIR": str(tmp_path / "root" / "cache")})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "staging_cache_dir" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [

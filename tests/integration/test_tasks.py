@@ -18,7 +18,6 @@ from node_agent.wire.specs import (
     Job,
     JobPreparationTask,
     JobReleaseTask,
-    ResourceFile,
     TaskConstraints,
     TaskSpec,
 )
@@ -346,22 +345,6 @@ async def test_repeated_add_task_runs_the_task_once_and_acks_every_copy(
 
 
 # -- what a task may ask for and what the agent refuses ------------------------------------------------------
-
-
-async def test_resource_files_fail_the_task_with_resource_files_not_supported(pool, client: BatchClient) -> None:
-    [node] = await pool(1)
-    await client.create_job(Job(id="j"))
-    spec = TaskSpec(
-        id="staged",
-        command_line=sh("touch ran"),
-        resource_files=[ResourceFile(http_url="http://127.0.0.1:9/input.txt", file_path="input.txt")],
-    )
-    task = await run_task(client, "j", spec, node)
-    info = task.execution_info
-    assert info.result == TaskResult.FAILURE
-    assert info.exit_code is None
-    assert info.failure_info is not None and info.failure_info.code == "ResourceFilesNotSupported"
-    assert not (task_dir(node, "j", "staged") / "wd" / "ran").exists()
 
 
 async def test_task_id_of_the_preparation_or_release_task_is_refused(pool, client: BatchClient) -> None:

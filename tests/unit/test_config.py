@@ -107,6 +107,11 @@ def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.Monk
         ("NODE_AGENT_LOG_LEVEL", "loud", "log_level"),
         ("NODE_AGENT_RETENTION_SWEEP_INTERVAL", "PT0S", "retention_sweep_interval"),
         ("NODE_AGENT_DISK_FREE_THRESHOLD_BYTES", "-1", "disk_free_threshold_bytes"),
+        ("NODE_AGENT_AUTO_STORAGE_URL", "ftp://account/", "auto_storage_url"),
+        ("NODE_AGENT_STAGING_CACHE_MAX_BYTES", "-1", "staging_cache_max_bytes"),
+        ("NODE_AGENT_STAGING_CONCURRENCY", "0", "staging_concurrency"),
+        ("NODE_AGENT_STAGING_READ_TIMEOUT", "PT0S", "staging_read_timeout"),
+        ("NODE_AGENT_STAGING_RETRIES", "-1", "staging_retries"),
     ],
 )
 def test_invalid_setting_raises_config_error_naming_it(
@@ -117,6 +122,19 @@ def test_invalid_setting_raises_config_error_naming_it(
         load_settings()
     message = str(error.value)
     assert setting in message and "\n" not in message
+
+
+def test_staging_defaults_and_the_cache_under_the_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.auto_storage_url is None
+    assert settings.resolved_staging_cache_dir == Path("/var/lib/node-agent-state/staging-cache")
+    assert (settings.staging_cache_max_bytes, settings.staging_concurrency, settings.staging_retries) == (8 << 30, 4, 4)
+    assert settings.staging_read_timeout == timedelta(seconds=60)
+    monkeypatch.setenv("NODE_AGENT_STAGING_RETRY_DELAY", "PT0.05S")
+    monkeypatch.setenv("NODE_AGENT_AUTO_STORAGE_URL", "https://account.blob.core.windows.net/?sv=1&sig=x")
+    settings = load_settings(write_toml(tmp_path, 'staging_cache_dir = "cache"\nstaging_cache_max_bytes = 0\n'))
+    assert settings.staging_retry_delay == timedelta(milliseconds=50)
+    assert settings.resolved_staging_cache_dir.is_absolute() and settings.staging_cache_max_bytes == 0
 
 
 def test_unknown_key_in_the_toml_file_is_refused(tmp_path: Path) -> None:

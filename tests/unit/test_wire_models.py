@@ -135,9 +135,35 @@ def test_resource_file_needs_exactly_one_source(sources: dict[str, str]) -> None
 
 
 def test_resource_file_mode_is_octal() -> None:
-    assert ResourceFile.model_validate({"httpUrl": "http://a", "fileMode": "0755"}).file_mode == "0755"
+    assert ResourceFile.model_validate({"httpUrl": "http://a", "filePath": "f", "fileMode": "0755"}).file_mode == "0755"
     with pytest.raises(ValidationError):
-        ResourceFile.model_validate({"httpUrl": "http://a", "fileMode": "0999"})
+        ResourceFile.model_validate({"httpUrl": "http://a", "filePath": "f", "fileMode": "0999"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"httpUrl": "http://a/x"}, "needs a filePath"),
+        ({"httpUrl": "file:///etc/passwd", "filePath": "p"}, "http:// or https://"),
+        ({"storageContainerUrl": "ftp://a/c"}, "http:// or https://"),
+        ({"httpUrl": "http://a/x", "filePath": "x", "blobPrefix": "p"}, "blobPrefix applies"),
+        ({"httpUrl": "http://a/x", "filePath": "../x"}, "without '..'"),
+        ({"httpUrl": "http://a/x", "filePath": "a/../../x"}, "without '..'"),
+        ({"httpUrl": "http://a/x", "filePath": "/etc/x"}, "relative path"),
+        ({"storageContainerUrl": "http://a/c", "filePath": "/data"}, "relative path"),
+    ],
+)
+def test_resource_file_refuses_what_azure_batch_refuses(fields: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ResourceFile.model_validate(fields)
+
+
+def test_resource_file_from_a_container_takes_a_directory_and_a_prefix() -> None:
+    spec = ResourceFile.model_validate(
+        {"storageContainerUrl": "https://a/c?sv=x", "blobPrefix": "in/", "filePath": "d"}
+    )
+    assert (spec.blob_prefix, spec.file_path) == ("in/", "d")
+    assert ResourceFile.model_validate({"autoStorageContainerName": "c"}).file_path is None
 
 
 def test_user_identity_takes_user_name_or_auto_user_not_both() -> None:
