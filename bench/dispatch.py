@@ -145,7 +145,7 @@ def line(label: str, samples: list[float]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    extra = {"NODE_AGENT_LOG_LEVEL": args.log_level}
+    extra = {"NODE_AGENT_LOG_LEVEL": args.log_level, "NODE_AGENT_EVENT_LOOP": args.agent_loop}
     async with local_pool(1, task_slots=1, extra=extra) as pool:
         fifo = Fifo(pool.base / "running.fifo")
         command = f"/bin/sh -c 'echo $$ > {fifo.path}'"
@@ -180,6 +180,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000, help="tasks (and round trips, bare spawns) measured")
+    parser.add_argument("--agent-loop", default="asyncio", help="the agent's NODE_AGENT_EVENT_LOOP: asyncio or uvloop")
     parser.add_argument("--log-level", default="info", help="the agent's NODE_AGENT_LOG_LEVEL (default info)")
     parser.add_argument("--uvloop", action="store_true", help="run this bench's own loop on uvloop")
     parser.add_argument("--timeout", type=float, default=900, help="hard limit for the whole run, in seconds")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from node_agent import eventloop
 from node_agent.config import load_settings
 from node_agent.errors import ConfigError, StoreCorrupt
 from node_agent.log import configure_logging
@@ -34,7 +35,7 @@ def run(config: ConfigOption = None) -> None:
     try:
         settings = load_settings(config)
         configure_logging(settings.log_level, settings.log_format)
-        asyncio.run(serve(settings))
+        eventloop.run(serve(settings), settings.event_loop)
     except* ConfigError as group:
         typer.echo(f"node-agent: {group.exceptions[0]}", err=True)
         raise typer.Exit(2) from None

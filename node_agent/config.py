@@ -74,6 +74,7 @@ class AgentSettings(BaseSettings):
     job_wait: timedelta = timedelta(seconds=10)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     @field_validator("broker_url")
     @classmethod
