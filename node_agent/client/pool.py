@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +72,7 @@ class BatchClient:
         self._replies: dict[str, asyncio.Future[Reply]] = {}
         self._placed: dict[tuple[str, str], TaskSpec] = {}
         self._excluded: dict[str, set[str]] = {}  # job id -> nodes whose preparation failed
+        self._placing: Counter[str] = Counter()  # node id -> addTasks sent, not answered yet
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         prefix = self.topics.prefix
@@ -293,7 +294,7 @@ class BatchClient:
             return await self._add_on(node_id, job_id, task)
         skipped = set(exclude) | self._excluded.get(job_id, set())
         while True:
-            target = self.view.pick_node(skipped)
+            target = self.view.pick_node(skipped, self._placing)
             try:
                 return await self._add_on(target, job_id, task)
             except CommandError as exc:
@@ -303,11 +304,14 @@ class BatchClient:
 
     async def _add_on(self, node_id: str, job_id: str, task: TaskSpec) -> Task:
         self._placed[(job_id, task.id)] = task  # before the command: a hand-back may come before the reply
+        self._placing[node_id] += 1  # placement counts it before the reply says where it is
         try:
             return await self._send_add(node_id, job_id, task)
         except BaseException:
             self._placed.pop((job_id, task.id), None)
             raise
+        finally:
+            self._placing[node_id] -= 1
 
     async def _send_add(self, node_id: str, job_id: str, task: TaskSpec) -> Task:
         body = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -84,11 +84,13 @@ class PoolView:
         """Azure's ListPreparationAndReleaseTaskStatus: one entry per node that ran the job's preparation."""
         return [info for (j, _), info in sorted(self.prep_release.items()) if j == job_id]
 
-    def pick_node(self, skipped: Iterable[str] = ()) -> str:
-        """The placeable node with the most free slots, counting tasks placed and not yet completed."""
+    def pick_node(self, skipped: Iterable[str] = (), placing: Mapping[str, int] | None = None) -> str:
+        """The placeable node with the most free slots, counting tasks placed and not yet completed, and
+        ``placing``: addTasks sent to a node and not answered yet."""
         skip = set(skipped)
+        placing = placing or {}
         candidates = [
-            (state.task_slots - self._load[node_id], node_id)
+            (state.task_slots - self._load[node_id] - placing.get(node_id, 0), node_id)
             for node_id, state in sorted(self.nodes.items())
             if node_id not in skip and state.state in PLACEABLE and state.scheduling_state == "enabled"
         ]
