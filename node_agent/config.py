@@ -70,11 +70,11 @@ class AgentSettings(BaseSettings):
     disk_free_probe_file: Path | None = None
     tls_ca_file: Path | None = None
     heartbeat_interval: timedelta = timedelta(seconds=30)
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     shutdown_grace: timedelta = timedelta(seconds=10)
     job_wait: timedelta = timedelta(seconds=10)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     @field_validator("broker_url")
     @classmethod

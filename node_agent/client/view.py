@@ -36,13 +36,13 @@ class PoolView:
     and the job-wide questions cost O(nodes) or O(tasks of the job) instead of O(all tasks) per message.
     """
 
+    _by_job: dict[str, dict[str, Task]] = field(default_factory=dict)
+    _load: Counter[str] = field(default_factory=Counter)  # node id -> its tasks not completed
+    _on_nodes: Counter[str] = field(default_factory=Counter)  # job id -> its tasks held by a node
     nodes: dict[str, NodeState] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
     prep_release: dict[tuple[str, str], JobPreparationAndReleaseTaskExecutionInformation] = field(default_factory=dict)
-    _by_job: dict[str, dict[str, Task]] = field(default_factory=dict)
-    _load: Counter[str] = field(default_factory=Counter)  # node id -> its tasks not completed
-    _on_nodes: Counter[str] = field(default_factory=Counter)  # job id -> its tasks held by a node
 
     def apply(self, levels: list[str], payload: bytes) -> None:
         """Take one retained message (levels below the prefix); raises pydantic's ValidationError."""
