@@ -34,8 +34,9 @@ def run(config: ConfigOption = None) -> None:
 
     try:
         settings = load_settings(config)
+        eventloop.use(settings.event_loop)
         configure_logging(settings.log_level, settings.log_format)
-        eventloop.run(serve(settings), settings.event_loop)
+        asyncio.run(serve(settings))
     except* ConfigError as group:
         typer.echo(f"node-agent: {group.exceptions[0]}", err=True)
         raise typer.Exit(2) from None

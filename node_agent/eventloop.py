@@ -6,31 +6,19 @@ uvloop is opt-in because it measured slower here: bench/throughput.py, docs/perf
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from node_agent.errors import ConfigError
 
-T = TypeVar("T")
 EventLoopChoice = Literal["asyncio", "uvloop"]
 
 
-def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop factory for "uvloop" (ConfigError if it is not installed); None for asyncio's loop."""
+def use(choice: EventLoopChoice) -> None:
+    """Make the next ``asyncio.run`` create the chosen loop (for uvloop, through its event loop policy)."""
     if choice == "asyncio":
-        return None
+        return
     try:
         import uvloop
     except ImportError:
-        raise ConfigError(
-            "event_loop is uvloop but uvloop is not installed: pip install 'node-agent[uvloop]'"
-        ) from None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice = "asyncio") -> T:
-    """``asyncio.run`` on the chosen loop."""
-    factory = loop_factory(choice)
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+        raise ConfigError("event_loop is uvloop, which is not installed: pip install 'node-agent[uvloop]'") from None
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
