@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from node_agent import eventloop
 from node_agent.config import load_settings
 from node_agent.errors import ConfigError, StoreCorrupt
 from node_agent.log import configure_logging
@@ -33,6 +34,7 @@ def run(config: ConfigOption = None) -> None:
 
     try:
         settings = load_settings(config)
+        eventloop.use(settings.event_loop)
         configure_logging(settings.log_level, settings.log_format)
         asyncio.run(serve(settings, reload=lambda: load_settings(config)))
     except* ConfigError as group:

@@ -97,6 +97,7 @@ class AgentSettings(BaseSettings):
     broker_username: str | None = Field(default=None, min_length=1, max_length=256)
     broker_password_file: Path | None = None
     heartbeat_interval: timedelta = timedelta(seconds=30)
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     shutdown_grace: timedelta = timedelta(seconds=10)
     job_wait: timedelta = timedelta(seconds=10)
     start_task: dict[str, Any] | None = None  # a StartTask (JSON in the variable, a table in TOML); checked at start

@@ -68,10 +68,13 @@ class JobManager:
         self.accepting = True
         self.admission = Admission()  # scheduling state, start task, reboot: see agent/admission.py
         self.subtasks = Subtasks(self)
+        self._set_running: set[TaskRun] = set()  # every run set running since the last count; some may have ended
 
     @property
     def running_count(self) -> int:
-        return sum(run.is_running for job in self.jobs.values() for run in job.tasks.values())
+        """Tasks now running; O(slots), as it is asked on every state change (bench/throughput.py)."""
+        self._set_running = {run for run in self._set_running if run.is_running}
+        return len(self._set_running)
 
     def unfinished(self) -> list[TaskRun]:
         """Every task this node holds that has not completed (waiting, preparing or running)."""
@@ -194,6 +197,8 @@ class JobManager:
 
     def _set_state(self, run: TaskRun, state: TaskState, **changes: object) -> None:
         run.update(state=state, state_transition_time=utcnow(), **changes)
+        if state == TaskState.RUNNING:
+            self._set_running.add(run)
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
 
@@ -270,10 +275,13 @@ class JobManager:
             failure_info=outcome.failure_info,
         )
         run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
-        await self._save_task(run)
         retention = run.spec.constraints.retention_time
         completed_at = outcome.end_time or utcnow()
-        await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
+        # Both records before the publication, written side by side: their fsyncs overlap (bench/dispatch.py).
+        await asyncio.gather(
+            self._save_task(run),
+            self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention),
+        )
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
         event = "task.succeeded" if outcome.result == TaskResult.SUCCESS else "task.failed"

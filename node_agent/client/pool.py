@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -88,6 +89,7 @@ class BatchClient:
         self._replies: dict[str, asyncio.Future[Reply]] = {}
         self._placed: dict[tuple[str, str], TaskSpec] = {}
         self._excluded: dict[str, set[str]] = {}  # job id -> nodes whose preparation failed
+        self._placing: Counter[str] = Counter()  # node id -> addTasks sent, not answered yet
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         prefix = self.topics.prefix
@@ -173,7 +175,9 @@ class BatchClient:
                 if future is not None and not future.done():
                     future.set_result(reply)
             case ["nodes", _, "events"]:
-                self._on_event(Event.model_validate_json(payload))
+                # Each event carries a whole task; only a hand-back (or an on_event reader) needs it parsed.
+                if self.on_event is not None or b'"taskHandedBack"' in payload:
+                    self._on_event(Event.model_validate_json(payload))
             case _:
                 self.view.apply(levels, payload)
 
@@ -280,7 +284,7 @@ class BatchClient:
             ended = task.model_copy(
                 update={"state": TaskState.COMPLETED, "state_transition_time": utcnow(), "execution_info": info}
             )
-            self.view.tasks[(job_id, task.id)] = ended
+            self.view.set_task((job_id, task.id), ended)
             self._transport.publish(self.topics.task(job_id, task.id), ended.to_json(), retain=True)
 
     async def delete_job(self, job_id: str, *, timeout_s: float = 120) -> None:
@@ -320,7 +324,7 @@ class BatchClient:
             return await self._add_on(node_id, job_id, task)
         skipped = set(exclude) | self._excluded.get(job_id, set())
         while True:
-            target = self.view.pick_node(skipped)
+            target = self.view.pick_node(skipped, self._placing)
             try:
                 return await self._add_on(target, job_id, task)
             except CommandError as exc:
@@ -330,11 +334,14 @@ class BatchClient:
 
     async def _add_on(self, node_id: str, job_id: str, task: TaskSpec) -> Task:
         self._placed[(job_id, task.id)] = task  # before the command: a hand-back may come before the reply
+        self._placing[node_id] += 1  # placement counts it before the reply says where it is
         try:
             return await self._send_add(node_id, job_id, task)
         except BaseException:
             self._placed.pop((job_id, task.id), None)
             raise
+        finally:
+            self._placing[node_id] -= 1
 
     async def _send_add(self, node_id: str, job_id: str, task: TaskSpec) -> Task:
         body = {
@@ -343,7 +350,10 @@ class BatchClient:
             "task": task.model_dump(mode="json", by_alias=True, exclude_none=True),
         }
         added = Task.model_validate(await self.command(node_id, body))
-        self.view.tasks[(job_id, task.id)] = added
+        known = self.view.tasks.get((job_id, task.id))
+        # The task's later states (running, completed) may have arrived while this reply waited its turn.
+        if known is None or known.state_transition_time <= added.state_transition_time:
+            self.view.set_task((job_id, task.id), added)
         return added
 
     async def terminate_task(self, job_id: str, task_id: str) -> Task:
@@ -361,11 +371,19 @@ class BatchClient:
     ) -> list[Task]:
         """Wait until the tasks (default: every task this client added to the job) are completed."""
         ids = list(task_ids) if task_ids is not None else [t for (j, t) in self._placed if j == job_id]
+        pending = deque(ids)  # checked from the front, so each message costs O(1) amortised, not O(len(ids))
+
+        def completed(task_id: str) -> bool:
+            task = self.view.tasks.get((job_id, task_id))
+            return task is not None and task.state == TaskState.COMPLETED
 
         def all_completed() -> list[Task] | None:
-            tasks = [self.view.tasks.get((job_id, task_id)) for task_id in ids]
-            done = all(t is not None and t.state == TaskState.COMPLETED for t in tasks)
-            return [t for t in tasks if t is not None] if done else None
+            while pending and completed(pending[0]):
+                pending.popleft()
+            if pending:
+                return None
+            pending.extend(task_id for task_id in ids if not completed(task_id))  # one that left meanwhile
+            return None if pending else [self.view.tasks[(job_id, task_id)] for task_id in ids]
 
         return await self.wait_until(all_completed, timeout_s)
 

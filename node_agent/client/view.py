@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,8 +30,15 @@ class NoNodeAvailable(Exception):
 
 @dataclass(slots=True)
 class PoolView:
-    """Kept current from the retained topics; an empty retained payload removes an entry."""
+    """Kept current from the retained topics; an empty retained payload removes an entry.
 
+    ``tasks`` is read freely but written only through ``set_task``, which keeps the indexes that let placement
+    and the job-wide questions cost O(nodes) or O(tasks of the job) instead of O(all tasks) per message.
+    """
+
+    _by_job: dict[str, dict[str, Task]] = field(default_factory=dict)
+    _load: Counter[str] = field(default_factory=Counter)  # node id -> its tasks not completed
+    _on_nodes: Counter[str] = field(default_factory=Counter)  # job id -> its tasks held by a node
     nodes: dict[str, NodeState] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
@@ -47,26 +55,45 @@ class PoolView:
             case ["pools", pool_id]:
                 _store(self.pools, pool_id, Pool, payload)
             case ["jobs", job_id, "tasks", task_id]:
-                _store(self.tasks, (job_id, task_id), Task, payload)
+                self.set_task((job_id, task_id), Task.model_validate_json(payload) if payload else None)
             case ["jobs", job_id, "nodes", node_id]:
                 _store(self.prep_release, (job_id, node_id), JobPreparationAndReleaseTaskExecutionInformation, payload)
 
+    def set_task(self, key: tuple[str, str], task: Task | None) -> None:
+        """Record (or, with None, forget) a task's state."""
+        old = self.tasks.pop(key, None)
+        if old is not None:
+            self._count(key[0], old, -1)
+            of_job = self._by_job[key[0]]
+            del of_job[key[1]]
+            if not of_job:
+                del self._by_job[key[0]]
+        if task is not None:
+            self.tasks[key] = task
+            self._by_job.setdefault(key[0], {})[key[1]] = task
+            self._count(key[0], task, 1)
+
+    def _count(self, job_id: str, task: Task, delta: int) -> None:
+        if task.node_info is None:
+            return
+        self._on_nodes[job_id] += delta
+        if task.state != TaskState.COMPLETED:
+            self._load[task.node_info.node_id] += delta
+
     def tasks_of(self, job_id: str) -> list[Task]:
-        return [task for (j, _), task in sorted(self.tasks.items()) if j == job_id]
+        return [task for _, task in sorted(self._by_job.get(job_id, {}).items())]
 
     def prep_release_status(self, job_id: str) -> list[JobPreparationAndReleaseTaskExecutionInformation]:
         """Azure's ListPreparationAndReleaseTaskStatus: one entry per node that ran the job's preparation."""
         return [info for (j, _), info in sorted(self.prep_release.items()) if j == job_id]
 
-    def pick_node(self, skipped: Iterable[str] = ()) -> str:
-        """The placeable node with the most free slots, counting tasks placed and not yet completed."""
+    def pick_node(self, skipped: Iterable[str] = (), placing: Mapping[str, int] | None = None) -> str:
+        """The placeable node with the most free slots, counting tasks placed and not yet completed, and
+        ``placing``: addTasks sent to a node and not answered yet."""
         skip = set(skipped)
-        load: dict[str, int] = {}
-        for task in self.tasks.values():
-            if task.node_info is not None and task.state != TaskState.COMPLETED:
-                load[task.node_info.node_id] = load.get(task.node_info.node_id, 0) + 1
+        placing = placing or {}
         candidates = [
-            (state.task_slots - load.get(node_id, 0), node_id)
+            (state.task_slots - self._load[node_id] - placing.get(node_id, 0), node_id)
             for node_id, state in sorted(self.nodes.items())
             if node_id not in skip and state.state in PLACEABLE and state.scheduling_state == "enabled"
         ]
@@ -89,8 +116,7 @@ class PoolView:
 
     def cleaned_up(self, job_id: str) -> bool:
         """Every node that ran anything of the job has cleared its status and its tasks' states."""
-        on_nodes = any(t.node_info is not None for t in self.tasks_of(job_id))
-        return not self.prep_release_status(job_id) and not on_nodes
+        return not self._on_nodes[job_id] and not self.prep_release_status(job_id)
 
 
 def _store(cache: dict[Any, Any], key: Any, model: type[M], payload: bytes) -> None:

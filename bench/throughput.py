@@ -1,0 +1,203 @@
+"""Throughput: many trivial tasks on one agent against a bare asyncio spawn loop with the same concurrency.
+
+    python bench/throughput.py [--count 10000] [--slots 8] [--profile stacks.txt]
+
+The bare loop runs ``--slots`` workers, each spawning the command and waiting for it until ``--count`` ran.
+The agent gets ``--count`` addTask commands from BatchClient (at most ``--window`` unanswered at a time) on a
+node with ``--slots`` task slots; its figure is from the first addTask to the last ``completed`` event seen.
+The goal is an agent figure of at least half the bare one.
+
+``--syscalls FILE`` counts the agent's fsync, rename, unlink, mkdir and process-creating calls with
+``strace -f -c`` (slows the run: use it for the counts, not the rate). ``--profile FILE`` records the agent
+with py-spy (``pip install py-spy``) during its run and writes collapsed stacks to FILE; ``--top N`` prints
+the functions with the most own samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+from harness import local_pool, machine, run_bounded
+
+from node_agent.client.pool import BatchClient
+from node_agent.wire.specs import Job, TaskSpec
+from node_agent.wire.status import Event, TaskResult, TaskState
+
+
+async def bare_loop(command: str, count: int, concurrency: int) -> float:
+    """Tasks per second of ``concurrency`` workers spawning ``command`` until ``count`` ran; the CPU this
+    process spent per spawn goes to ``BARE_CPU_MS``."""
+    argv = shlex.split(command)
+    left = count
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            await proc.wait()
+
+    me = psutil.Process()
+    cpu = sum(me.cpu_times()[:2])
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(worker())
+    BARE_CPU_MS.append((sum(me.cpu_times()[:2]) - cpu) / count * 1000)
+    return count / (time.perf_counter() - start)
+
+
+async def agent_run(client: BatchClient, command: str, count: int, window: int, job_id: str) -> tuple[float, int]:
+    """Tasks per second from the first addTask to the last completed event; and how many did not succeed."""
+    await client.create_job(Job(id=job_id))
+    done = asyncio.Event()
+    finished: set[str] = set()
+    failed = 0
+
+    def on_event(event: Event) -> None:
+        nonlocal failed
+        if event.job_id != job_id or event.type != "taskStateChanged" or event.state != TaskState.COMPLETED:
+            return
+        assert event.task_id is not None
+        finished.add(event.task_id)
+        if event.task is None or event.task.execution_info.result != TaskResult.SUCCESS:
+            failed += 1
+        if len(finished) == count:
+            done.set()
+
+    client.on_event = on_event
+    slots = asyncio.Semaphore(window)
+
+    async def add(number: int) -> None:
+        async with slots:
+            await client.add_task(job_id, TaskSpec(id=f"t{number}", command_line=command), node_id="node1")
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for number in range(count):
+            group.create_task(add(number))
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    client.on_event = None
+    return count / elapsed, failed
+
+
+async def start_profiler(pid: int, out: Path) -> asyncio.subprocess.Process:
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    return await asyncio.create_subprocess_exec(
+        py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--output", str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+BARE_CPU_MS: list[float] = []
+
+STRACED = "fsync,fdatasync,rename,unlink,mkdir,clone,clone3,vfork"
+
+
+async def start_strace(pid: int, out: Path) -> asyncio.subprocess.Process:
+    strace = shutil.which("strace")
+    if strace is None:
+        raise SystemExit("--syscalls needs strace on PATH (apt-get install strace)")
+    return await asyncio.create_subprocess_exec(
+        strace, "-f", "-c", "-e", f"trace={STRACED}", "-p", str(pid), "-o", str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def syscalls_per_task(summary: Path, count: int) -> list[tuple[str, float]]:
+    """strace -c's table as (syscall, calls per task)."""
+    rows = []
+    for raw in summary.read_text().splitlines():
+        fields = raw.split()
+        if len(fields) >= 5 and fields[-1] in STRACED.split(","):
+            rows.append((fields[-1], int(fields[3]) / count))
+    return rows
+
+
+def top_functions(stacks: Path, count: int) -> list[tuple[str, float]]:
+    """The functions with the most own samples (the last frame of each stack), as shares of all samples."""
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for raw in stacks.read_text().splitlines():
+        frames, _, samples = raw.rpartition(" ")
+        if not frames:
+            continue
+        own[frames.split(";")[-1]] += int(samples)
+        total += int(samples)
+    return [(name, n / total) for name, n in own.most_common(count)]
+
+
+async def main(args: argparse.Namespace) -> None:
+    command = "/bin/true"
+    extra = {
+        "NODE_AGENT_LOG_LEVEL": args.log_level,
+        "NODE_AGENT_JOB_WAIT": "PT60S",
+        "NODE_AGENT_EVENT_LOOP": args.agent_loop,
+    }
+    warm = max(10, args.count // 50)
+    async with local_pool(1, task_slots=args.slots, extra=extra) as pool:
+        await bare_loop(command, warm, args.slots)
+        bare = await bare_loop(command, args.count, args.slots)
+        await agent_run(pool.client, command, warm, args.window, "warm")
+        assert pool.agents[0].process is not None
+        pid = pool.agents[0].process.pid
+        profiler = await start_profiler(pid, args.profile) if args.profile is not None else None
+        tracer = await start_strace(pid, args.syscalls) if args.syscalls is not None else None
+        agent_proc, bench_proc = psutil.Process(pid), psutil.Process()
+        cpu_before = sum(agent_proc.cpu_times()[:2]), sum(bench_proc.cpu_times()[:2])
+        agent, failed = await agent_run(pool.client, command, args.count, args.window, "run")
+        agent_cpu = sum(agent_proc.cpu_times()[:2]) - cpu_before[0]
+        bench_cpu = sum(bench_proc.cpu_times()[:2]) - cpu_before[1]
+        for watcher in (profiler, tracer):
+            if watcher is not None:
+                watcher.send_signal(2)  # SIGINT: py-spy and strace write their output and exit
+                await watcher.wait()
+        bare_after = await bare_loop(command, args.count, args.slots)
+    print(f"throughput, {args.count} x {command}, concurrency {args.slots}; {machine()}")
+    print(f"  bare asyncio spawn loop : {bare:8.1f} tasks/s (after the agent run: {bare_after:.1f})")
+    print(f"  agent (addTask->completed): {agent:8.1f} tasks/s, {failed} not succeeded")
+    print(
+        f"  CPU per task: bare loop {BARE_CPU_MS[1]:.2f} ms; agent {agent_cpu / args.count * 1000:.2f} ms, client "
+        f"{bench_cpu / args.count * 1000:.2f} ms"
+    )
+    print(f"  ratio agent / bare      : {agent / bare:8.2f}  (goal >= 0.50)")
+    if args.profile is not None and args.profile.exists():
+        print(f"  agent profile ({args.profile}), own time:")
+        for name, share in top_functions(args.profile, args.top):
+            print(f"    {share * 100:5.1f} %  {name}")
+    if args.syscalls is not None and args.syscalls.exists():
+        calls = ", ".join(f"{name} {per:.2f}" for name, per in syscalls_per_task(args.syscalls, args.count))
+        print(f"  agent system calls per task (strace -f -c, during the run): {calls}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--slots", type=int, default=8, help="agent task slots = bare loop concurrency")
+    parser.add_argument("--window", type=int, default=256, help="addTask commands in flight at most")
+    parser.add_argument("--agent-loop", default="asyncio", help="the agent's NODE_AGENT_EVENT_LOOP: asyncio or uvloop")
+    parser.add_argument("--log-level", default="info", help="the agent's NODE_AGENT_LOG_LEVEL (default info)")
+    parser.add_argument("--profile", type=Path, help="py-spy the agent during its run; collapsed stacks here")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--syscalls", type=Path, help="strace -c the agent during its run; its table here")
+    parser.add_argument("--timeout", type=float, default=1200, help="hard limit for the whole run, in seconds")
+    args = parser.parse_args()
+    run_bounded(lambda: main(args), args.timeout)
