@@ -41,6 +41,7 @@ class Fifo:
 
     def __init__(self, path: Path) -> None:
         os.mkfifo(path)
+        os.chmod(path, 0o666)  # as root, tasks run as an unprivileged pool user: it must be able to write here
         self.path = path
         self._read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         self._keep_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # a writer of our own: no end-of-file, ever
