@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import shutil
-from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +32,43 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+@dataclass(slots=True)
+class _KeyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting
+
+
 class RecordStore:
     """Key -> JSON document under the state directory; writes to one key are applied in call order."""
 
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir
-        self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: dict[Key, _KeyLock] = {}
+
+    @asynccontextmanager
+    async def _exclusive(self, key: Key) -> AsyncIterator[None]:
+        """One writer of ``key`` at a time, in call order (asyncio.Lock is FIFO). The lock is forgotten once
+        nobody holds or waits for it, so the agent does not keep one per key it ever wrote."""
+        entry = self._locks.setdefault(key, _KeyLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[key]
 
     def _path(self, key: Key) -> Path:
         return self.root.joinpath(*key[:-1], key[-1] + ".json")
 
     async def put(self, key: Key, document: dict[str, Any]) -> None:
         data = json.dumps(document, separators=(",", ":")).encode()
-        async with self._locks[key]:
+        async with self._exclusive(key):
             await asyncio.to_thread(_write_atomic, self._path(key), data)
 
     async def delete(self, key: Key) -> None:
-        async with self._locks[key]:
+        async with self._exclusive(key):
             await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
     async def delete_tree(self, key: Key) -> None:
