@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Installs what the tests need (the mosquitto broker, a virtual environment with the project and its
+# Installs what the tests need (the mosquitto and nats-server brokers, a virtual environment with the project and its
 # test extras) and runs the whole suite. Extra arguments go to pytest. Fails on any failed test and when
 # no test was collected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"   # Debian installs mosquitto in /usr/sbin
 
-if ! command -v mosquitto >/dev/null; then
+# The brokers the integration tests start: mosquitto, and nats-server for the 3-node NATS cluster variant.
+missing=""
+command -v mosquitto >/dev/null || missing="$missing mosquitto"
+command -v nats-server >/dev/null || missing="$missing nats-server"
+if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+    $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+    # shellcheck disable=SC2086  # one word per package
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+        --no-install-recommends $missing >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -17,9 +17,15 @@ from node_agent.wire.status import NodeState, NodeStateName
 
 class NodeStateReporter:
     def __init__(
-        self, publisher: Publisher, free_disk: Callable[[], int | None], task_slots: int, boot_id: str
+        self,
+        publisher: Publisher,
+        free_disk: Callable[[], int | None],
+        task_slots: int,
+        boot_id: str,
+        broker: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.publisher = publisher
+        self._broker = broker  # host:port of the broker the transport is connected to
         self._free_disk = free_disk  # blocking: FreeSpaceProbe.measure
         self.task_slots = task_slots
         self.boot_id = boot_id
@@ -53,6 +59,7 @@ class NodeStateReporter:
             free_disk_bytes=self.free_disk,
             free_memory_bytes=self.free_memory,
             is_low_on_disk=self.is_low_on_disk,
+            broker=self._broker() if name != NodeStateName.OFFLINE else None,
         )
 
     def update(self, running: int, scheduling: str) -> None:

@@ -82,7 +82,13 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
     transport = _transport(settings, topics)
     publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
     disk = DiskPolicy(FreeSpaceProbe(settings.root, settings.disk_free_probe_file), settings.disk_free_threshold_bytes)
-    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id)
+    reporter = NodeStateReporter(
+        publisher,
+        disk.probe.measure,
+        settings.task_slots,
+        boot_id,
+        broker=lambda: transport.current.netloc if transport.current is not None else None,
+    )
     # The last will: the broker publishes this retained "offline" state if the agent vanishes.
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True

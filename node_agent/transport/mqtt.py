@@ -54,6 +54,7 @@ class MqttTransport:
     subscriptions: Sequence[str] = ()
     on_connected: Callable[[], Awaitable[None]] | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    current: BrokerAddress | None = None  # the broker (node of a cluster) of the live or the last session
     _outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     _pending: Outgoing | None = None
     _was_connected: bool = False
@@ -81,7 +82,7 @@ class MqttTransport:
                 await self._session(broker, stopping)
                 return
             except aiomqtt.MqttError as exc:
-                log.warning("mqtt.disconnected", host=broker.host, port=broker.port, error=str(exc))
+                log.warning("mqtt.disconnected", broker=broker.netloc, error=str(exc))
             if self._was_connected:  # a session that worked starts the backoff afresh
                 delay, self._was_connected = BACKOFF_FIRST_S, False
             await _wait_or_stop(stopping, delay * random.uniform(0.5, 1.0))
@@ -91,9 +92,12 @@ class MqttTransport:
         async with self._client(broker) as client:
             for topic in self.subscriptions:
                 await client.subscribe(topic, qos=1)
+            previous, self.current = self.current, broker
             self.connected.set()
             self._was_connected = True
-            log.info("mqtt.connected", host=broker.host, port=broker.port)
+            log.info("mqtt.connected", broker=broker.netloc, brokers=len(self.brokers))
+            if previous is not None and previous != broker:
+                log.warning("mqtt.failed_over", broker=broker.netloc, previous=previous.netloc)
             if self.on_connected is not None:
                 await self.on_connected()
             # Two loops owned here, not a TaskGroup: a TaskGroup would wrap MqttError in an ExceptionGroup,

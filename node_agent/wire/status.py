@@ -112,6 +112,7 @@ class NodeState(WireModel):
     free_disk_bytes: int | None = None
     free_memory_bytes: int | None = None
     is_low_on_disk: bool = False
+    broker: str | None = None  # host:port of the broker (node of a clustered broker) this agent is connected to
 
 
 EventType = Literal[

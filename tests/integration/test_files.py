@@ -15,6 +15,7 @@ from node_agent.testing.nodes import FakeNode
 from node_agent.wire.commands import GET_FILE_MAX_LENGTH
 from node_agent.wire.specs import Job, TaskSpec
 
+pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 
 

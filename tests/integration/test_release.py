@@ -20,6 +20,7 @@ from node_agent.wire.status import (
 )
 from tests.conftest import count_lines, restart
 
+pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
 GATE = f"while [ ! -e {SHARED}/go ]; do sleep 0.05; done"  # held until the test creates shared/go

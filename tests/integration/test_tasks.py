@@ -28,6 +28,7 @@ from node_agent.wire.status import Event, NodeState, Task, TaskResult, TaskState
 from tests.processes import Fifo, has_exited, open_pidfd
 from tests.raw_mqtt import RawMqtt
 
+pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 
 
