@@ -217,17 +217,20 @@ class NodePool:
         env: Mapping[str, str] | None = None,
         username: str | None = None,
         password: str | None = None,
+        broker_index: int | None = None,
     ) -> list[FakeNode]:
         """Start ``n`` more nodes with ``task_slots`` each and extra NODE_AGENT_* settings; return once all are idle.
 
-        ``username`` and ``password`` are the login the agents give a broker with passwords.
+        ``username`` and ``password`` are the login the agents give a broker with passwords. ``broker_index``
+        starts every new node on that node of a clustered broker (default: node k on the k-th, round robin).
         """
         tls = self.broker.ca_file is not None
         settings = {"NODE_AGENT_TLS_CA_FILE": str(self.broker.ca_file)} if tls else {}
         settings.update(env or {})
         started: list[FakeNode] = []
         for number in range(len(self.nodes) + 1, len(self.nodes) + 1 + n):
-            proxies = await _start_proxies(_rotated(self.broker.ports, number - 1))
+            first = number - 1 if broker_index is None else broker_index
+            proxies = await _start_proxies(_rotated(self.broker.ports, first))
             try:
                 url = ",".join(broker_url(p.port, tls=tls, username=username, password=password) for p in proxies)
                 agent = make_agent(
