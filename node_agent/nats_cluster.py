@@ -29,7 +29,7 @@ from node_agent.brokers import (
     launch,
     stop_process,
 )
-from node_agent.transport.mqtt import NODELAY
+from node_agent.transport.mqtt import NODELAY, is_refused
 
 KIND = "nats-cluster"
 NODE_READY_TIMEOUT_S = 10.0
@@ -229,7 +229,8 @@ async def round_trip(ports: Sequence[int]) -> None:
         enter = stack.enter_async_context
         clients = [await enter(_probe_client(port, f"probe-{tag}-{n}")) for n, port in enumerate(ports)]
         for client in clients:
-            await client.subscribe(f"node-agent-probe/{tag}/+", qos=1)
+            if is_refused(await client.subscribe(f"node-agent-probe/{tag}/+", qos=1)):
+                raise aiomqtt.MqttError("probe subscription refused (JetStream not ready)")
         receivers = [asyncio.ensure_future(_receive(client, topics)) for client in clients]
         try:
             for client, topic in zip(clients, sorted(topics), strict=True):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiomqtt
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
 from node_agent.config import BrokerAddress
 
@@ -91,7 +92,10 @@ class MqttTransport:
     async def _session(self, broker: BrokerAddress, stopping: asyncio.Event) -> None:
         async with self._client(broker) as client:
             for topic in self.subscriptions:
-                await client.subscribe(topic, qos=1)
+                if is_refused(await client.subscribe(topic, qos=1)):
+                    # NATS refuses a subscription while JetStream cannot create its consumer (busy, electing a
+                    # leader) or its permissions forbid it: a session without it would miss messages silently.
+                    raise aiomqtt.MqttError(f"subscription to {topic!r} refused by {broker.netloc}")
             previous, self.current = self.current, broker
             self.connected.set()
             self._was_connected = True
@@ -139,6 +143,11 @@ class MqttTransport:
             await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
             self._pending = None
             self._outbox.task_done()
+
+
+def is_refused(granted: tuple[int, ...] | list[ReasonCode]) -> bool:
+    """A SUBACK return code of 0x80 (MQTT 3.1.1) or a failure reason code (MQTT 5)."""
+    return any(code.is_failure if isinstance(code, ReasonCode) else code >= 0x80 for code in granted)
 
 
 async def _wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
