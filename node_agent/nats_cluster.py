@@ -59,7 +59,58 @@ mqtt {{
   listen: "{host}:{mqtt_port}"
   stream_replicas: {replicas}
 }}
-"""
+{authorization}"""
+_PROBE_TOPICS = "node-agent-probe"
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUser:
+    """A NATS user for MQTT clients, with the subjects it may publish and subscribe to (``/`` written ``.``)."""
+
+    name: str
+    password: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+    def config(self) -> str:
+        def quoted(subjects: tuple[str, ...]) -> str:
+            return ", ".join(json.dumps(subject) for subject in subjects)
+
+        return (
+            f"    {{ user: {json.dumps(self.name)}, password: {json.dumps(self.password)}, permissions: {{ "
+            f"publish: [{quoted(self.publish)}], subscribe: [{quoted(self.subscribe)}] }} }}\n"
+        )
+
+
+def agent_user(prefix: str, node_id: str, password: str) -> NatsUser:
+    """What an agent logged in as ``node_id`` needs and nothing more: Mosquitto's per-node ACL, in NATS subjects.
+
+    ``$MQTT.sub.>`` is the inbox of the user's own QoS 1 consumers; the server makes those only for subjects
+    the user may read, so it opens nothing of another node's.
+    """
+    p = prefix.replace("/", ".")
+    return NatsUser(
+        node_id,
+        password,
+        publish=(
+            f"{p}.nodes.{node_id}.state",
+            f"{p}.nodes.{node_id}.events",
+            f"{p}.jobs.*.tasks.*",
+            f"{p}.jobs.*.nodes.{node_id}",
+            f"{p}.clients.*.replies",
+        ),
+        subscribe=(f"{p}.nodes.{node_id}.commands", f"{p}.jobs.*", "$MQTT.sub.>"),
+    )
+
+
+def scheduler_user(prefix: str, name: str, password: str) -> NatsUser:
+    """A driver (BatchClient): everything under the prefix."""
+    p = prefix.replace("/", ".")
+    return NatsUser(name, password, publish=(p, f"{p}.>"), subscribe=(p, f"{p}.>", "$MQTT.sub.>"))
+
+
+def _authorization(users: Sequence[NatsUser]) -> str:
+    return "authorization {\n  users = [\n" + "".join(user.config() for user in users) + "  ]\n}\n" if users else ""
 
 
 def find_nats_server() -> str | None:
@@ -88,7 +139,7 @@ class NatsNode:
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def write_config(self, peers: Sequence[NatsNode]) -> Path:
+    def write_config(self, peers: Sequence[NatsNode], users: Sequence[NatsUser] = ()) -> Path:
         routes = ", ".join(f'"nats-route://{HOST}:{peer.cluster_port}"' for peer in peers if peer is not self)
         conf = self.workdir / "nats.conf"
         conf.write_text(
@@ -102,6 +153,7 @@ class NatsNode:
                 store_dir=self.workdir / "jetstream",
                 routes=routes,
                 replicas=min(len(peers), 3),
+                authorization=_authorization(users),
             ),
             encoding="utf-8",
         )
@@ -148,6 +200,7 @@ class NatsCluster:
 
     nodes: list[NatsNode]
     binary: str
+    probe: NatsUser | None = None  # the login of the readiness probe, on a cluster with users
 
     @property
     def urls(self) -> list[str]:
@@ -182,10 +235,10 @@ class NatsCluster:
         last: object = None
         try:
             async with asyncio.timeout(timeout_s):
-                await _retrying(lambda: round_trip([node.mqtt_port for node in self.nodes]))
+                await _retrying(lambda: round_trip([node.mqtt_port for node in self.nodes], self.probe))
                 while (counts := await self.route_counts()) != expected:
                     last = counts  # a duplicate route between two nodes is dropped a moment after it forms
-                    await _retrying(lambda: round_trip([node.mqtt_port for node in self.nodes]))
+                    await _retrying(lambda: round_trip([node.mqtt_port for node in self.nodes], self.probe))
         except TimeoutError:
             raise BrokerUnavailable(
                 f"the NATS cluster did not become whole within {timeout_s:g} s (routes per node: {last}); "
@@ -218,18 +271,18 @@ async def _retrying(attempt: Callable[[], Awaitable[None]]) -> None:
             delay = min(delay * 2, _RETRY_MAX_S)
 
 
-async def round_trip(ports: Sequence[int]) -> None:
+async def round_trip(ports: Sequence[int], login: NatsUser | None = None) -> None:
     """Each port's client publishes a retained QoS 1 message that every port's client receives, then clears it.
 
     Proves routes between every pair of nodes and JetStream (which stores retained messages) working.
     """
     tag = uuid.uuid4().hex[:12]
-    topics = {f"node-agent-probe/{tag}/{number}" for number in range(len(ports))}
+    topics = {f"{_PROBE_TOPICS}/{tag}/{number}" for number in range(len(ports))}
     async with contextlib.AsyncExitStack() as stack:
         enter = stack.enter_async_context
-        clients = [await enter(_probe_client(port, f"probe-{tag}-{n}")) for n, port in enumerate(ports)]
+        clients = [await enter(_probe_client(port, f"probe-{tag}-{n}", login)) for n, port in enumerate(ports)]
         for client in clients:
-            if is_refused(await client.subscribe(f"node-agent-probe/{tag}/+", qos=1)):
+            if is_refused(await client.subscribe(f"{_PROBE_TOPICS}/{tag}/+", qos=1)):
                 raise aiomqtt.MqttError("probe subscription refused (JetStream not ready)")
         receivers = [asyncio.ensure_future(_receive(client, topics)) for client in clients]
         try:
@@ -245,8 +298,16 @@ async def round_trip(ports: Sequence[int]) -> None:
                     await client.publish(topic, b"", qos=1, retain=True)
 
 
-def _probe_client(port: int, identifier: str) -> aiomqtt.Client:
-    return aiomqtt.Client(HOST, port, identifier=identifier, socket_options=[NODELAY], timeout=PROBE_ATTEMPT_TIMEOUT_S)
+def _probe_client(port: int, identifier: str, login: NatsUser | None) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        HOST,
+        port,
+        identifier=identifier,
+        username=login.name if login else None,
+        password=login.password if login else None,
+        socket_options=[NODELAY],
+        timeout=PROBE_ATTEMPT_TIMEOUT_S,
+    )
 
 
 async def _receive(client: aiomqtt.Client, topics: set[str]) -> None:
@@ -268,8 +329,11 @@ def _in_new_loop(coro: Awaitable[None]) -> None:
 
 
 @contextlib.contextmanager
-def running_nats_cluster(workdir: Path, size: int = 3) -> Iterator[NatsCluster]:
+def running_nats_cluster(workdir: Path, size: int = 3, users: Sequence[NatsUser] = ()) -> Iterator[NatsCluster]:
     """Run a ``size``-node NATS cluster on free loopback ports for the duration of the block.
+
+    ``users`` (``agent_user``, ``scheduler_user``) turn anonymous access off: only they may connect, each within
+    its permissions (plus the cluster's own readiness probe, on its own topics).
 
     Returns once the cluster is whole (see ``NatsCluster.wait_whole``). Raises BrokerToolMissing without
     nats-server (``apt-get install nats-server``).
@@ -278,11 +342,15 @@ def running_nats_cluster(workdir: Path, size: int = 3) -> Iterator[NatsCluster]:
     if binary is None:
         raise BrokerToolMissing("nats-server is not installed (Debian: `apt-get install nats-server`, in /usr/sbin)")
     nodes = [NatsNode(f"n{number}", workdir / f"n{number}") for number in range(1, size + 1)]
-    cluster = NatsCluster(nodes, binary)
+    probe = None
+    if users:
+        subjects = (f"{_PROBE_TOPICS}.>",)
+        probe = NatsUser("node-agent-probe", uuid.uuid4().hex, subjects, (*subjects, "$MQTT.sub.>"))
+    cluster = NatsCluster(nodes, binary, probe)
     try:
         for node in nodes:
             node.workdir.mkdir(parents=True, exist_ok=True)
-            node.write_config(nodes)
+            node.write_config(nodes, [*users, probe] if probe else ())
         started = time.monotonic()
         for node in nodes:
             node.launch(binary)
