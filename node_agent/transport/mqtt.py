@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import structlog
@@ -116,7 +117,7 @@ class MqttTransport:
 
     def _client(self, broker: BrokerAddress) -> aiomqtt.Client:
         will = self.options.will
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             broker.host,
             broker.port,
             identifier=self.options.identifier,
@@ -129,6 +130,8 @@ class MqttTransport:
             socket_options=[NODELAY],
             timeout=10,
         )
+        fail_fast_on_early_close(client)
+        return client
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -143,6 +146,25 @@ class MqttTransport:
             await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
             self._pending = None
             self._outbox.task_done()
+
+
+def fail_fast_on_early_close(client: aiomqtt.Client) -> None:
+    """Make a connection the broker closes before its CONNACK fail at once, not after the 10 s timeout.
+
+    aiomqtt (2.5) ignores a disconnect that comes before the CONNACK. A NATS node that cannot load the session
+    (its JetStream leader is being re-elected after another node died) closes the connection after 4 s; without
+    this the agent would wait out its timeout before trying the next node of the cluster.
+    """
+    paho = client._client
+    forward = paho.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        if not client._connected.done():
+            client._connected.set_exception(aiomqtt.MqttError("connection closed before CONNACK"))
+        if forward is not None:
+            forward(*args)
+
+    paho.on_disconnect = on_disconnect
 
 
 def is_refused(granted: tuple[int, ...] | list[ReasonCode]) -> bool:
