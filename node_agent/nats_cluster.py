@@ -135,10 +135,6 @@ class NatsNode:
     def url(self) -> str:
         return broker_url(self.mqtt_port)
 
-    @property
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def write_config(self, peers: Sequence[NatsNode], users: Sequence[NatsUser] = ()) -> Path:
         routes = ", ".join(f'"nats-route://{HOST}:{peer.cluster_port}"' for peer in peers if peer is not self)
         conf = self.workdir / "nats.conf"
@@ -210,9 +206,6 @@ class NatsCluster:
     def handle(self) -> BrokerHandle:
         ports = tuple(node.mqtt_port for node in self.nodes)
         return BrokerHandle(url=",".join(self.urls), port=ports[0], kind=KIND, cluster_ports=ports)
-
-    def index_of_port(self, mqtt_port: int) -> int:
-        return next(i for i, node in enumerate(self.nodes) if node.mqtt_port == mqtt_port)
 
     def kill(self, index: int) -> None:
         self.nodes[index].kill()
