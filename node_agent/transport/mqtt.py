@@ -157,9 +157,13 @@ def fail_fast_on_early_close(client: aiomqtt.Client) -> None:
     """
     paho = client._client
     forward = paho.on_disconnect
+    fired = False  # the transport makes a new client per attempt: one early close is all this has to report
 
     def on_disconnect(*args: Any) -> None:
-        if not client._connected.done():
+        nonlocal fired
+        # Only while a connect waits: not after a session (done _disconnected), nor on a future aiomqtt renewed.
+        if not (fired or client._connected.done() or client._disconnected.done()):
+            fired = True
             client._connected.set_exception(aiomqtt.MqttError("connection closed before CONNACK"))
         if forward is not None:
             forward(*args)
