@@ -265,7 +265,8 @@ async def _retrying(attempt: Callable[[], Awaitable[None]]) -> None:
 
 
 async def round_trip(ports: Sequence[int], login: NatsUser | None = None) -> None:
-    """Each port's client publishes a retained QoS 1 message that every port's client receives, then clears it.
+    """Each port's client publishes a retained QoS 1 message that every port's client receives (at QoS 0), then
+    clears it.
 
     Proves routes between every pair of nodes and JetStream (which stores retained messages) working.
     """
@@ -275,7 +276,10 @@ async def round_trip(ports: Sequence[int], login: NatsUser | None = None) -> Non
         enter = stack.enter_async_context
         clients = [await enter(_probe_client(port, f"probe-{tag}-{n}", login)) for n, port in enumerate(ports)]
         for client in clients:
-            if is_refused(await client.subscribe(f"{_PROBE_TOPICS}/{tag}/+", qos=1)):
+            # QoS 0: a plain NATS subscription, where QoS 1 would make (and later delete) a replicated JetStream
+            # consumer each time, a load that slows the very recovery being waited for. The retained QoS 1
+            # publish still has to be stored by JetStream before its PUBACK.
+            if is_refused(await client.subscribe(f"{_PROBE_TOPICS}/{tag}/+", qos=0)):
                 raise aiomqtt.MqttError("probe subscription refused (JetStream not ready)")
         receivers = [asyncio.ensure_future(_receive(client, topics)) for client in clients]
         try:

@@ -97,7 +97,8 @@ async def test_sigkill_of_the_agents_broker_node_loses_and_repeats_nothing(
         log.warning("test.reconnected", reconnect_s=round(reconnect_s, 2))  # reported in docs/scaling.md
         await adding
 
-        await cluster.restart(0)  # returns once a round trip through every node works and routes are whole
+        # Returns once a round trip through every node works and routes are whole again.
+        await cluster.restart(0, timeout_s=TIMEOUT_S)
         assert await cluster.route_counts() == [2, 2, 2]
 
         tasks = await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
