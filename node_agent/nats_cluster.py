@@ -99,7 +99,7 @@ def agent_user(prefix: str, node_id: str, password: str) -> NatsUser:
             f"{p}.jobs.*.nodes.{node_id}",
             f"{p}.clients.*.replies",
         ),
-        subscribe=(f"{p}.nodes.{node_id}.commands", f"{p}.jobs.*", "$MQTT.sub.>"),
+        subscribe=(f"{p}.nodes.{node_id}.commands", f"{p}.jobs.*", f"{p}.pools.*", "$MQTT.sub.>"),
     )
 
 

@@ -72,10 +72,12 @@ class Subtasks:
         return job.prep is not None and job.prep.result == TaskResult.SUCCESS
 
     async def _prepare(self, job: NodeJob) -> bool:
+        assert job.doc is not None and job.doc.job_preparation_task is not None
+        structlog.contextvars.bind_contextvars(job_id=job.id, task_id=job.doc.job_preparation_task.id)  # this task's
         try:
             return await self._run_preparation(job)
         except Exception:  # a node fault fails the preparation (its tasks are handed back), not the agent
-            log.exception("prep.agent_error", job_id=job.id)
+            log.exception("prep.agent_error")
             return False
 
     async def _run_preparation(self, job: NodeJob) -> bool:
@@ -88,7 +90,7 @@ class Subtasks:
         job.prep_boot_id = self.ctx.boot_id
         job.prep_blocked = False
         await self._record(job, job.prep)
-        log.info("prep.started", job_id=job.id)
+        log.info("prep.started")
         plan = plan_for(
             self.ctx.layout,
             job.doc,
@@ -96,6 +98,7 @@ class Subtasks:
             max_wall_clock=spec.constraints.max_wall_clock_time,
             retries=spec.constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            users=self.ctx.users,
         )
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
         job.prep = JobPreparationTaskExecutionInformation(
@@ -112,7 +115,7 @@ class Subtasks:
         succeeded = outcome.result == TaskResult.SUCCESS
         job.prep_blocked = not succeeded and spec.wait_for_success
         await self._record(job, job.prep)
-        log.info("prep.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
+        log.info("prep.succeeded" if succeeded else "prep.failed", exit_code=outcome.exit_code, code=_code(outcome))
         if job.prep_blocked:
             await self._hand_back_waiting(job)
         return succeeded
@@ -161,10 +164,11 @@ class Subtasks:
             job.ending = self.ctx.group.create_task(self._finish(job), name=f"end-{job.id}")
 
     async def _finish(self, job: NodeJob) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id)  # bound in this asyncio task's context only
         try:
             await self._end_tasks_and_release(job)
         except Exception:  # a node fault must not stop the agent; the job's end is retried on restart
-            log.exception("job.end_failed", job_id=job.id)
+            log.exception("job.end_failed")
 
     async def _end_tasks_and_release(self, job: NodeJob) -> None:
         for run in list(job.tasks.values()):
@@ -217,7 +221,7 @@ class Subtasks:
             start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
         )
         await self._record(job, job.release)
-        log.info("release.started", job_id=job.id)
+        log.info("release.started", task_id=spec.id)
         plan = plan_for(
             self.ctx.layout,
             job.doc,
@@ -225,6 +229,7 @@ class Subtasks:
             max_wall_clock=spec.max_wall_clock_time,
             retries=0,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            users=self.ctx.users,
         )
         outcome = await run_to_end(plan, asyncio.Event())
         job.release = JobReleaseTaskExecutionInformation(
@@ -237,7 +242,8 @@ class Subtasks:
             failure_info=outcome.failure_info,
         )
         await self._record(job, job.release)
-        log.info("release.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
+        event = "release.succeeded" if outcome.result == TaskResult.SUCCESS else "release.failed"
+        log.info(event, task_id=spec.id, exit_code=outcome.exit_code, code=_code(outcome))
 
     async def _delete(self, job: NodeJob) -> None:
         """Deleting a job removes all its directories and records here, whatever their retention."""
@@ -247,6 +253,8 @@ class Subtasks:
         )
         if not removal.complete:
             log.warning("job.removal_incomplete", job_id=job.id, error=removal.error)
+        else:
+            await self.ctx.users.remove_task_users(job.id)  # the task-scope users go with the job's files
         await asyncio.shield(self.ctx.deadlines.drop_job(job.id))
         await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
         self.manager.jobs.pop(job.id, None)
@@ -272,3 +280,7 @@ class Subtasks:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+def _code(outcome: Outcome) -> str | None:
+    return outcome.failure_info.code if outcome.failure_info is not None else None

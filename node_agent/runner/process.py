@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shlex
 import signal
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +29,9 @@ class ProcessSpec:
     stdout: Path
     stderr: Path
     max_wall_clock: timedelta | None = None
+    uid: int | None = None  # None: the agent's own user; else also ``gid``, and supplementary groups are dropped
+    gid: int | None = None
+    umask: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +52,33 @@ def split_command_line(command_line: str) -> list[str]:
 
 
 def _open_outputs(spec: ProcessSpec) -> tuple[int, int]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    return os.open(spec.stdout, flags, 0o644), os.open(spec.stderr, flags, 0o644)
+    # O_NOFOLLOW: the task's user owns its directory and could leave a link to a file of the agent's in place.
+    # Truncated only once known to be a regular file of one link (not a hard link to someone else's file).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fds: list[int] = []
+    try:
+        for path in (spec.stdout, spec.stderr):
+            fds.append(os.open(path, flags, 0o640))
+            info = os.fstat(fds[-1])
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise OSError(errno.EPERM, "not a regular file of its own", str(path))
+            os.ftruncate(fds[-1], 0)
+            os.set_blocking(fds[-1], True)
+            if spec.uid is not None and spec.gid is not None:
+                os.fchown(fds[-1], spec.uid, spec.gid)  # the task's output belongs to the task's user
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise TaskFailure("CommandLaunchFailed", f"cannot open the task's output file: {exc}") from exc
+    return fds[0], fds[1]
+
+
+def _identity(spec: ProcessSpec) -> dict[str, object]:
+    """The keywords that switch the child to the task's user; none when it runs as the agent's user."""
+    switch: dict[str, object] = {} if spec.umask is None else {"umask": spec.umask}
+    if spec.uid is not None:
+        switch.update(user=spec.uid, group=spec.gid, extra_groups=[])  # [] drops supplementary groups
+    return switch
 
 
 async def _spawn(spec: ProcessSpec, argv: list[str]) -> asyncio.subprocess.Process:
@@ -62,9 +92,12 @@ async def _spawn(spec: ProcessSpec, argv: list[str]) -> asyncio.subprocess.Proce
             stdout=out_fd,
             stderr=err_fd,
             start_new_session=True,  # own process group: the tree can be killed as one
+            **_identity(spec),  # type: ignore[arg-type]
         )
     except FileNotFoundError as exc:
         raise TaskFailure("CommandProgramNotFound", f"program {argv[0]!r} was not found: {exc}") from exc
+    except PermissionError as exc:
+        raise TaskFailure("CommandLaunchFailed", f"program {argv[0]!r} could not start as its user: {exc}") from exc
     except OSError as exc:
         raise TaskFailure("CommandLaunchFailed", f"program {argv[0]!r} could not start: {exc}") from exc
     finally:

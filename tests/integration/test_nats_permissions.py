@@ -39,11 +39,26 @@ async def test_node1_runs_its_tasks_but_cannot_read_node2s_commands(cluster: Nat
         BatchClient(urls, topic_prefix=PREFIX, command_timeout_s=TIMEOUT_S) as client,
         NodePool(cluster.handle, client, tmp_path / "nodes") as pool,
     ):
-        await pool(1, username=NODE1.name, password=NODE1.password)  # the permissions are enough for an agent
+        # The login from settings (broker_username, broker_password_file) goes to every URL of the cluster's list;
+        # the permissions are enough for an agent.
+        secret = tmp_path / "node1.password"
+        secret.write_text(NODE1.password + "\n")
+        secret.chmod(0o600)
+        login_env = {"NODE_AGENT_BROKER_USERNAME": NODE1.name, "NODE_AGENT_BROKER_PASSWORD_FILE": str(secret)}
+        [node] = await pool(1, env=login_env)
         await client.create_job(Job(id="j1"))
         await client.add_task("j1", TaskSpec(id="t1", command_line="/bin/true"), node_id="node1")
         [task] = await client.wait_for_tasks("j1", ["t1"], timeout_s=TIMEOUT_S)
         assert task.execution_info.result == TaskResult.SUCCESS
+
+        # Cut node1 off its first broker node: it logs in on the next one of its list with the same settings.
+        first = node.broker_port_behind(client.view.nodes["node1"].broker)
+        await node.proxies[0].partition()
+        await client.wait_until(lambda: node.broker_port_behind(client.view.nodes["node1"].broker) != first, TIMEOUT_S)
+        await client.add_task("j1", TaskSpec(id="t2", command_line="/bin/true"), node_id="node1")
+        [task] = await client.wait_for_tasks("j1", ["t2"], timeout_s=TIMEOUT_S)
+        assert task.execution_info.result == TaskResult.SUCCESS
+        assert NODE1.password not in node.log_file.read_text()
 
     login = {"username": NODE1.name, "password": NODE1.password}
     async with aiomqtt.Client(HOST, ports[1], identifier=f"spy-{uuid.uuid4().hex}", **login) as spy:
