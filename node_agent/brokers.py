@@ -78,12 +78,22 @@ class BrokerSecurity:
 
 @dataclass(frozen=True, slots=True)
 class BrokerHandle:
-    """A started broker: where to connect and which implementation it is."""
+    """A started broker: where to connect and which implementation it is.
+
+    A clustered broker (``kind="nats-cluster"``) has one MQTT listener per cluster node: ``url`` lists them all,
+    comma-separated, as ``NODE_AGENT_BROKER_URL`` takes them; ``port`` is the first and ``ports`` all of them.
+    """
 
     url: str
     port: int
     kind: str
     ca_file: Path | None = None
+    cluster_ports: tuple[int, ...] = ()
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The MQTT port of every node of the broker: one for a single broker."""
+        return self.cluster_ports or (self.port,)
 
     def client_certificate(self, name: str) -> tuple[Path, Path]:
         """A client certificate with common name ``name`` and its key, signed by this broker's throw-away CA."""
@@ -105,7 +115,7 @@ def broker_url(port: int, *, tls: bool = False, username: str | None = None, pas
 
 
 @dataclass(frozen=True, slots=True)
-class _LaunchSpec:
+class LaunchSpec:
     """How to start one broker process and recognise that it accepts connections."""
 
     argv: list[str]
@@ -126,7 +136,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class _OutputPump:
+class OutputPump:
     """Copies a child's merged output into a log file and hands lines to the readiness wait."""
 
     def __init__(self, stream: IO[str], log_path: Path) -> None:
@@ -171,7 +181,7 @@ class _OutputPump:
         self._thread.join(_PUMP_JOIN_TIMEOUT_S)
 
 
-def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN) -> _LaunchSpec:
+def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN) -> LaunchSpec:
     binary = find_mosquitto()
     if binary is None:
         raise BrokerToolMissing(
@@ -184,18 +194,18 @@ def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN) -> _LaunchS
         security += "user root\n"
     conf = workdir / "mosquitto.conf"
     conf.write_text(_MOSQUITTO_CONF.format(port=port, host=HOST, security=security), encoding="utf-8")
-    return _LaunchSpec(
+    return LaunchSpec(
         argv=[binary, "-c", str(conf)],
         log_path=workdir / "mosquitto.log",
         is_ready=lambda line: _MOSQUITTO_READY.search(line) is not None,
     )
 
 
-def _amqtt_spec(workdir: Path, port: int) -> _LaunchSpec:
+def _amqtt_spec(workdir: Path, port: int) -> LaunchSpec:
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    return _LaunchSpec(
+    return LaunchSpec(
         argv=[sys.executable, "-m", "node_agent.embedded_broker", "--port", str(port)],
         log_path=workdir / "amqtt.log",
         is_ready=lambda line: line.strip() == "ready",
@@ -290,7 +300,7 @@ def _client_certificate(tls: Path, name: str) -> tuple[Path, Path]:
     return tls / f"{name}.crt", tls / f"{name}.key"
 
 
-def _stop(proc: subprocess.Popen[str], pump: _OutputPump) -> None:
+def stop_process(proc: subprocess.Popen[str], pump: OutputPump) -> None:
     """SIGTERM the child, SIGKILL it if it is still alive after STOP_TIMEOUT_S, and reap it."""
     if proc.poll() is None:
         proc.terminate()
@@ -302,7 +312,7 @@ def _stop(proc: subprocess.Popen[str], pump: _OutputPump) -> None:
     pump.join()
 
 
-def _launch(spec: _LaunchSpec) -> tuple[subprocess.Popen[str], _OutputPump]:
+def launch(spec: LaunchSpec) -> tuple[subprocess.Popen[str], OutputPump]:
     try:
         proc = subprocess.Popen(
             spec.argv,
@@ -319,25 +329,25 @@ def _launch(spec: _LaunchSpec) -> tuple[subprocess.Popen[str], _OutputPump]:
     except OSError as exc:
         raise BrokerUnavailable(f"cannot execute {spec.argv[0]}: {exc}") from exc
     assert proc.stdout is not None
-    return proc, _OutputPump(proc.stdout, spec.log_path)
+    return proc, OutputPump(proc.stdout, spec.log_path)
 
 
 def _start(
     kind: str, workdir: Path, fixed_port: int | None, security: str = _OPEN
-) -> tuple[subprocess.Popen[str], _OutputPump, int]:
+) -> tuple[subprocess.Popen[str], OutputPump, int]:
     """Start the broker on ``fixed_port`` or a free port and wait (bounded) for its readiness line."""
     for _ in range(1 if fixed_port else _START_ATTEMPTS):
         port = fixed_port or free_port()
         spec = _mosquitto_spec(workdir, port, security) if kind == "mosquitto" else _amqtt_spec(workdir, port)
-        proc, pump = _launch(spec)
+        proc, pump = launch(spec)
         try:
             ready, output = pump.wait_for(spec.is_ready, READY_TIMEOUT_S)
         except BaseException:  # e.g. Ctrl-C while waiting: never leave the child behind
-            _stop(proc, pump)
+            stop_process(proc, pump)
             raise
         if ready:
             return proc, pump, port
-        _stop(proc, pump)
+        stop_process(proc, pump)
         if "address already in use" not in output.lower():
             break
     raise BrokerUnavailable(
@@ -377,4 +387,4 @@ def running_broker(
     try:
         yield BrokerHandle(url=broker_url(port, tls=ca_file is not None), port=port, kind=resolved, ca_file=ca_file)
     finally:
-        _stop(proc, pump)
+        stop_process(proc, pump)

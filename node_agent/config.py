@@ -27,6 +27,11 @@ class BrokerAddress:
     username: str | None = None
     password: str | None = None
 
+    @property
+    def netloc(self) -> str:
+        """``host:port``, without the login: what logs and NodeState's ``broker`` show."""
+        return f"{self.host}:{self.port}"
+
 
 def parse_broker_urls(value: str) -> list[BrokerAddress]:
     """Parse ``mqtt://[user:password@]host[:port]`` (comma-separated for a clustered broker)."""

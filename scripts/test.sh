@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the tests need (the mosquitto broker, systemd-analyze, podman for the container tests,
-# Node.js and the Azure Storage emulator Azurite in the git-ignored .cache/azurite, a virtual environment
-# with the project and its test extras) and runs the whole suite. Extra arguments go to pytest. Fails on
-# any failed test and when no test was collected.
+# Installs what the tests need (the mosquitto and nats-server brokers, systemd-analyze, podman for the
+# container tests, Node.js and the Azure Storage emulator Azurite in the git-ignored .cache/azurite, a
+# virtual environment with the project and its test extras) and runs the whole suite. Extra arguments go to
+# pytest. Fails on any failed test and when no test was collected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"   # Debian installs mosquitto in /usr/sbin
 
-# mosquitto for the brokers; systemd-analyze (package systemd) to verify the unit; podman, runc and
-# debootstrap for the container tests (tests/containers, docs/testing.md), which build their base image;
-# Node.js and npm for Azurite.
+# mosquitto for the brokers and nats-server for the 3-node NATS cluster variant; systemd-analyze (package systemd)
+# to verify the unit; podman, runc and debootstrap for the container tests (tests/containers, docs/testing.md),
+# which build their base image; Node.js and npm for Azurite.
 missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v nats-server >/dev/null || missing+=(nats-server)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)

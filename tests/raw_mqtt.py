@@ -20,7 +20,7 @@ class RawMqtt:
     """Raw commands (the same one twice, malformed ones), retained documents, and every message seen."""
 
     def __init__(self, broker: BrokerHandle, prefix: str) -> None:
-        [self.address] = parse_broker_urls(broker.url)
+        self.address = parse_broker_urls(broker.url)[0]
         self.prefix = prefix
         self.reply_topic = f"{prefix}/clients/raw{uuid.uuid4().hex[:12]}/replies"
         self.messages: list[tuple[str, bytes]] = []

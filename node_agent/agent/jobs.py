@@ -346,12 +346,19 @@ class JobManager:
         """A retained job document arrived (None: the job was deleted)."""
         job = self.jobs.get(job_id)
         if doc is None:
+            if job is not None:
+                job.successor = None  # a job created again and deleted again before this node got to it
             if job is not None and job.has_presence:
                 self.subtasks.end_job(job, deleting=True)
             elif job is not None:
                 self.jobs.pop(job_id, None)
             return
         job = self.job(job_id)
+        if job.delete_requested and doc.state == JobState.ACTIVE:
+            # A driver that saw this node's statuses cleared (or, on a broker that orders per topic only, never
+            # saw them) created the job again while the deletion still runs here: it starts once that is done.
+            job.successor = doc
+            return
         job.doc = doc
         job.doc_seen.set()
         if doc.state != JobState.ACTIVE and job.has_presence:

@@ -24,11 +24,13 @@ class NodeStateReporter:
         free_disk: Callable[[], int | None],
         task_slots: int,
         boot_id: str,
+        broker: Callable[[], str | None] = lambda: None,
         figures: Callable[[], NodeFigures] | None = None,
         task_user_mode: TaskUserMode = "agentUser",
     ) -> None:
         self.task_user_mode: TaskUserMode = task_user_mode
         self.publisher = publisher
+        self._broker = broker  # host:port of the broker the transport is connected to
         self._free_disk = free_disk  # blocking: FreeSpaceProbe.measure
         self._figures = figures  # blocking: ops.figures.measure_node (CPU, memory and disk totals)
         self.figures: NodeFigures | None = None
@@ -71,6 +73,7 @@ class NodeStateReporter:
             total_disk_bytes=self.figures.disk_total_bytes if self.figures else None,
             cpu_percent=self.figures.cpu_percent if self.figures else None,
             is_low_on_disk=self.is_low_on_disk,
+            broker=self._broker() if name != NodeStateName.OFFLINE else None,
             start_task_info=self.start_task_info,
         )
 

@@ -58,6 +58,7 @@ class NodeJob:
     prep_kill: asyncio.Event = field(default_factory=asyncio.Event)
     ending: asyncio.Task[None] | None = None
     delete_requested: bool = False
+    successor: Job | None = None  # the document of a job created again with this id while this one was deleted
 
     @property
     def has_presence(self) -> bool:

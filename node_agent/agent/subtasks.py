@@ -260,6 +260,8 @@ class Subtasks:
         await asyncio.shield(self.ctx.deadlines.drop_job(job.id))
         await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
         self.manager.jobs.pop(job.id, None)
+        if job.successor is not None:
+            self.manager.on_job_document(job.id, job.successor)
         # Published last: once the driver sees them cleared it may create the job again with this id,
         # and that job must not meet this node's record of the deleted one (JobNotActive).
         for task_id in list(job.tasks):

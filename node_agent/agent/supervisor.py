@@ -138,7 +138,13 @@ async def _serve(
     mode: TaskUserMode = "taskUsers" if users.mode == UserMode.TASK_USERS else "agentUser"
     figures = partial(measure_node, settings.root)
     reporter = NodeStateReporter(
-        publisher, disk.probe.measure, settings.task_slots, boot_id, figures=figures, task_user_mode=mode
+        publisher,
+        disk.probe.measure,
+        settings.task_slots,
+        boot_id,
+        broker=lambda: transport.current.netloc if transport.current is not None else None,
+        figures=figures,
+        task_user_mode=mode,
     )
     # The last will: the broker publishes this retained "offline" state if the agent vanishes.
     transport.options.will = Outgoing(

@@ -27,7 +27,10 @@ job_app = typer.Typer(no_args_is_help=True, help="Create, show, terminate and de
 task_app = typer.Typer(no_args_is_help=True, help="Add and list tasks.")
 files_app = typer.Typer(no_args_is_help=True, help="Read files on a node (getFile/listFiles).")
 
-BrokerOption = Annotated[str, typer.Option("--broker", envvar="NODE_AGENT_BROKER_URL", help="Broker URL.")]
+BrokerOption = Annotated[
+    str,
+    typer.Option("--broker", envvar="NODE_AGENT_BROKER_URL", help="Broker URL; a comma-separated list for a cluster."),
+]
 PrefixOption = Annotated[str, typer.Option("--prefix", envvar="NODE_AGENT_TOPIC_PREFIX", help="Topic prefix.")]
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 

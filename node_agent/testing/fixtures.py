@@ -1,8 +1,10 @@
-"""The pytest fixtures of node-agent's plugin: session brokers (plain or secured), a BatchClient, a pool of nodes."""
+"""The pytest fixtures of node-agent's plugin: session brokers (plain, secured or a NATS cluster), a BatchClient,
+a pool of nodes; and the ``every_broker`` marker, which runs a test once per broker kind."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -12,9 +14,31 @@ import pytest_asyncio
 
 from node_agent.brokers import BrokerHandle, BrokerSecurity, BrokerToolMissing, running_broker
 from node_agent.client.pool import BatchClient
+from node_agent.nats_cluster import NatsCluster, running_nats_cluster
 from node_agent.testing.nodes import NodePool, fresh_prefix
 
 COMMAND_TIMEOUT_S = 20.0
+BROKER_KINDS = ("mosquitto", "nats-cluster")
+BROKER_ENV = "NODE_AGENT_TEST_BROKER"  # the kind of ``mqtt_broker`` for tests without the every_broker marker
+
+
+def default_broker_kind() -> str:
+    kind = os.environ.get(BROKER_ENV, "mosquitto")
+    if kind not in BROKER_KINDS:
+        raise pytest.UsageError(f"{BROKER_ENV}={kind!r} is not a broker kind: use one of {', '.join(BROKER_KINDS)}")
+    return kind
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "every_broker: run the test once per broker kind (mosquitto, nats-cluster) through mqtt_broker"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``every_broker`` that use ``mqtt_broker`` run once per kind: ``test_x[mosquitto]``, ..."""
+    if metafunc.definition.get_closest_marker("every_broker") and "mqtt_broker" in metafunc.fixturenames:
+        metafunc.parametrize("mqtt_broker", BROKER_KINDS, indirect=True, scope="session")
 
 
 class BrokerFactory(Protocol):
@@ -24,10 +48,38 @@ class BrokerFactory(Protocol):
 
 
 @pytest.fixture(scope="session")
-def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerHandle]:
+def mosquitto_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerHandle]:
     """A Mosquitto on a free loopback port (the embedded amqtt broker where no binary exists), one per session."""
     with running_broker(tmp_path_factory.mktemp("broker")) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A 3-node NATS cluster (routes, JetStream, an MQTT listener each) on free loopback ports, one per session.
+
+    Tests that use it are skipped, with the reason, where nats-server is not installed.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(running_nats_cluster(tmp_path_factory.mktemp("nats")))
+        except BrokerToolMissing as exc:
+            pytest.skip(str(exc))
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(request: pytest.FixtureRequest) -> BrokerHandle:
+    """The session's broker: ``mosquitto_broker``, or ``nats_cluster``'s handle (``url`` lists its three nodes).
+
+    The kind is the ``every_broker`` parameter, else ``NODE_AGENT_TEST_BROKER`` (default ``mosquitto``).
+    """
+    kind = getattr(request, "param", None) or default_broker_kind()
+    if kind == "nats-cluster":
+        cluster: NatsCluster = request.getfixturevalue("nats_cluster")
+        return cluster.handle
+    broker: BrokerHandle = request.getfixturevalue("mosquitto_broker")
+    return broker
 
 
 @pytest.fixture(scope="session")

@@ -70,9 +70,9 @@ class FakeNode:
     the node off the broker and let it back (the process and its tasks carry on meanwhile).
     """
 
-    def __init__(self, agent: LocalAgent, proxy: BrokerProxy, client: BatchClient) -> None:
+    def __init__(self, agent: LocalAgent, proxies: Sequence[BrokerProxy], client: BatchClient) -> None:
         self.agent = agent
-        self.proxy = proxy
+        self.proxies = list(proxies)  # one per broker node, in the order of the agent's broker URL list
         self._client = client
         self._boots = 1
         self._orphans: list[psutil.Process] = []  # what a SIGKILLed agent left running, ended at close()
@@ -102,6 +102,15 @@ class FakeNode:
     @property
     def started_at(self) -> datetime:
         return self.agent.started_at
+
+    @property
+    def proxy(self) -> BrokerProxy:
+        """The proxy to the first broker in this node's list (the only one, on a single broker)."""
+        return self.proxies[0]
+
+    def broker_port_behind(self, address: str | None) -> int | None:
+        """The real broker port behind ``host:port`` of one of this node's proxies (NodeState's ``broker``)."""
+        return next((p.broker_port for p in self.proxies if address == f"{p.broker_host}:{p.port}"), None)
 
     @property
     def process(self) -> asyncio.subprocess.Process | None:
@@ -157,11 +166,11 @@ class FakeNode:
         new ones are refused until ``heal()``. The agent and its tasks keep running; what it publishes waits in
         its outbox.
         """
-        await self.proxy.partition()
+        await asyncio.gather(*(proxy.partition() for proxy in self.proxies))
 
     async def heal(self) -> None:
         """Let the node reach the broker again; it reconnects by itself and delivers what it held back."""
-        await self.proxy.heal()
+        await asyncio.gather(*(proxy.heal() for proxy in self.proxies))
 
     def disk_full(self, free_bytes: int = 0) -> None:
         """Make the agent see only ``free_bytes`` free on its node root (from its next sweep or heartbeat):
@@ -183,7 +192,7 @@ class FakeNode:
             if self.agent.process is not None:
                 await self.agent.process.wait()
         finally:
-            await self.proxy.close()
+            await asyncio.gather(*(proxy.close() for proxy in self.proxies))
 
     def _kill_all(self) -> None:
         process = self.agent.process
@@ -198,8 +207,10 @@ class NodePool:
     """``nodes = await pool(n=3, task_slots=2, env={...})``: started agents, each ready; ``close()`` ends them all.
 
     Nodes are numbered on from the last call: ``node1``, ``node2``, ... Every agent reaches ``broker`` through its
-    own proxy, on the topic prefix of ``client``, which is also what readiness is watched with. On a broker with
-    TLS (``broker.ca_file``) the agents speak ``mqtts://`` and trust that CA.
+    own proxy, on the topic prefix of ``client``, which is also what readiness is watched with. On a clustered
+    broker (``broker.ports``) each agent has a proxy per broker node and a URL list rotated by its number, so the
+    agents start spread over the broker nodes. On a broker with TLS (``broker.ca_file``) the agents speak
+    ``mqtts://`` and trust that CA.
     """
 
     def __init__(self, broker: BrokerHandle, client: BatchClient, base: Path) -> None:
@@ -224,29 +235,31 @@ class NodePool:
         env: Mapping[str, str] | None = None,
         username: str | None = None,
         password: str | None = None,
+        broker_index: int | None = None,
         ready: bool = True,
     ) -> list[FakeNode]:
         """Start ``n`` more nodes with ``task_slots`` each and extra NODE_AGENT_* settings; return once all are idle.
 
-        ``username`` and ``password`` are the login the agents give a broker with passwords; with ``ready=False``
-        the nodes are started and not waited for.
+        ``username`` and ``password`` are the login the agents give a broker with passwords. ``broker_index``
+        starts every new node on that node of a clustered broker (default: node k on the k-th, round robin); with
+        ``ready=False`` the nodes are started and not waited for.
         """
         tls = self.broker.ca_file is not None
         settings = {"NODE_AGENT_TLS_CA_FILE": str(self.broker.ca_file)} if tls else {}
         settings.update(env or {})
         started: list[FakeNode] = []
         for number in range(len(self.nodes) + 1, len(self.nodes) + 1 + n):
-            proxy = BrokerProxy(self.broker.port)
-            await proxy.start()
+            first = number - 1 if broker_index is None else broker_index
+            proxies = await _start_proxies(_rotated(self.broker.ports, first))
             try:
-                url = broker_url(proxy.port, tls=tls, username=username, password=password)
+                url = ",".join(broker_url(p.port, tls=tls, username=username, password=password) for p in proxies)
                 agent = make_agent(
                     url, self.client.topics.prefix, self.base, number, task_slots=task_slots, extra=settings
                 )
             except BaseException:
-                await proxy.close()
+                await asyncio.gather(*(proxy.close() for proxy in proxies))
                 raise
-            node = FakeNode(agent, proxy, self.client)
+            node = FakeNode(agent, proxies, self.client)
             self.nodes.append(node)  # before it starts: a failed start is still torn down
             started.append(node)
         await asyncio.gather(*(node.start(ready=ready) for node in started))
@@ -259,6 +272,25 @@ class NodePool:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+
+def _rotated(ports: Sequence[int], shift: int) -> list[int]:
+    """Node k starts on the k-th broker node of a cluster (and fails over to the next ones in turn)."""
+    shift %= len(ports)
+    return [*ports[shift:], *ports[:shift]]
+
+
+async def _start_proxies(ports: Sequence[int]) -> list[BrokerProxy]:
+    proxies: list[BrokerProxy] = []
+    try:
+        for port in ports:
+            proxy = BrokerProxy(port)
+            await proxy.start()
+            proxies.append(proxy)
+    except BaseException:
+        await asyncio.gather(*(proxy.close() for proxy in proxies))
+        raise
+    return proxies
 
 
 def _descendants(process: asyncio.subprocess.Process | None) -> list[psutil.Process]:

@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
 from node_agent.config import BrokerAddress
 
@@ -63,6 +65,7 @@ class MqttTransport:
     subscriptions: Sequence[str] = ()
     on_connected: Callable[[], Awaitable[None]] | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    current: BrokerAddress | None = None  # the broker (node of a cluster) of the live or the last session
     _outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     _pending: Outgoing | None = None
     _was_connected: bool = False
@@ -90,7 +93,7 @@ class MqttTransport:
                 await self._session(broker, stopping)
                 return
             except aiomqtt.MqttError as exc:
-                log.warning("mqtt.disconnected", host=broker.host, port=broker.port, error=str(exc))
+                log.warning("mqtt.disconnected", broker=broker.netloc, error=str(exc))
             if self._was_connected:  # a session that worked starts the backoff afresh
                 delay, self._was_connected = BACKOFF_FIRST_S, False
             await _wait_or_stop(stopping, delay * random.uniform(0.5, 1.0))
@@ -99,10 +102,16 @@ class MqttTransport:
     async def _session(self, broker: BrokerAddress, stopping: asyncio.Event) -> None:
         async with self._client(broker) as client:
             for topic in self.subscriptions:
-                await client.subscribe(topic, qos=1)
+                if is_refused(await client.subscribe(topic, qos=1)):
+                    # NATS refuses a subscription while JetStream cannot create its consumer (busy, electing a
+                    # leader) or its permissions forbid it: a session without it would miss messages silently.
+                    raise aiomqtt.MqttError(f"subscription to {topic!r} refused by {broker.netloc}")
+            previous, self.current = self.current, broker
             self.connected.set()
             self._was_connected = True
-            log.info("mqtt.connected", host=broker.host, port=broker.port)
+            log.info("mqtt.connected", broker=broker.netloc, brokers=len(self.brokers))
+            if previous is not None and previous != broker:
+                log.warning("mqtt.failed_over", broker=broker.netloc, previous=previous.netloc)
             if self.on_connected is not None:
                 await self.on_connected()
             # Two loops owned here, not a TaskGroup: a TaskGroup would wrap MqttError in an ExceptionGroup,
@@ -117,7 +126,7 @@ class MqttTransport:
 
     def _client(self, broker: BrokerAddress) -> aiomqtt.Client:
         will = self.options.will
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             broker.host,
             broker.port,
             identifier=self.options.identifier,
@@ -130,6 +139,8 @@ class MqttTransport:
             socket_options=[NODELAY],
             timeout=10,
         )
+        fail_fast_on_early_close(client)
+        return client
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -144,6 +155,34 @@ class MqttTransport:
             await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
             self._pending = None
             self._outbox.task_done()
+
+
+def fail_fast_on_early_close(client: aiomqtt.Client) -> None:
+    """Make a connection the broker closes before its CONNACK fail at once, not after the 10 s timeout.
+
+    aiomqtt (2.5) ignores a disconnect that comes before the CONNACK. A NATS node that cannot load the session
+    (its JetStream leader is being re-elected after another node died) closes the connection after 4 s; without
+    this the agent would wait out its timeout before trying the next node of the cluster.
+    """
+    paho = client._client
+    forward = paho.on_disconnect
+    fired = False  # the transport makes a new client per attempt: one early close is all this has to report
+
+    def on_disconnect(*args: Any) -> None:
+        nonlocal fired
+        # Only while a connect waits: not after a session (done _disconnected), nor on a future aiomqtt renewed.
+        if not (fired or client._connected.done() or client._disconnected.done()):
+            fired = True
+            client._connected.set_exception(aiomqtt.MqttError("connection closed before CONNACK"))
+        if forward is not None:
+            forward(*args)
+
+    paho.on_disconnect = on_disconnect
+
+
+def is_refused(granted: tuple[int, ...] | list[ReasonCode]) -> bool:
+    """A SUBACK return code of 0x80 (MQTT 3.1.1) or a failure reason code (MQTT 5)."""
+    return any(code.is_failure if isinstance(code, ReasonCode) else code >= 0x80 for code in granted)
 
 
 async def _wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:

@@ -136,6 +136,7 @@ class NodeState(WireModel):
     total_disk_bytes: int | None = None  # of the node root's file system
     cpu_percent: float | None = None  # the whole node's CPU use since the previous heartbeat, percent of all CPUs
     is_low_on_disk: bool = False
+    broker: str | None = None  # host:port of the broker (node of a clustered broker) this agent is connected to
     start_task_info: StartTaskInformation | None = None
 
 

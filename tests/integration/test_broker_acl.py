@@ -8,6 +8,7 @@ certificate's common name is the username, and the same ACL holds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import re
@@ -131,6 +132,33 @@ async def test_tls_client_certificates_work_end_to_end_and_are_required(
         async with BatchClient(broker.url, command_timeout_s=REFUSED_WITHIN_S, tls_ca_file=broker.ca_file):
             pass
     gc.collect()  # the failed handshakes' socket warnings come out here, under this test's filter
+
+
+async def test_a_client_certificate_serves_every_broker_of_a_failover_list(
+    mqtt_broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    """A list of broker URLs (a clustered broker) whose first node is down: the agent fails over to the next
+    and presents its client certificate there too."""
+    prefix = fresh_prefix()
+    broker = mqtt_broker_factory(BrokerSecurity(tls=True, client_certificates=True, acl=shipped_acl(prefix)))
+    scheduler_cert, scheduler_key = broker.client_certificate("scheduler")
+    node_cert, node_key = broker.client_certificate("node1")
+    down_first = dataclasses.replace(broker, cluster_ports=(free_port(), broker.port))  # nothing listens on the first
+    async with BatchClient(
+        broker.url,
+        topic_prefix=prefix,
+        command_timeout_s=TIMEOUT_S,
+        tls_ca_file=broker.ca_file,
+        tls_cert_file=scheduler_cert,
+        tls_key_file=scheduler_key,
+    ) as client:
+        async with NodePool(down_first, client, tmp_path / "nodes") as pool:
+            env = {"NODE_AGENT_TLS_CERT_FILE": str(node_cert), "NODE_AGENT_TLS_KEY_FILE": str(node_key)}
+            [node] = await pool(env=env, broker_index=0)
+            await run_a_task(client)
+            state = client.view.nodes["node1"]
+            assert node.broker_port_behind(state.broker) == broker.port  # through the second URL of its list
+            assert "mqtt.disconnected" in node.log_file.read_text()  # after trying the first one
 
 
 SHIPPED_CONF = SHIPPED_ACL.with_name("mosquitto-secure.conf")

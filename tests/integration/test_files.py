@@ -49,6 +49,7 @@ async def test_get_file_returns_the_bytes_of_a_file_in_shared(pool, client: Batc
     assert (empty["content"], empty["contentLength"], empty["eof"]) == ("", 0, True)
 
 
+@pytest.mark.every_broker  # a full chunk (about 700 KB of JSON) must fit NATS's 1 MB message limit
 async def test_large_file_comes_back_in_chunks_of_at_most_512_kib_and_reassembles_exactly(
     pool, client: BatchClient
 ) -> None:

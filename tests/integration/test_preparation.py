@@ -16,6 +16,7 @@ from node_agent.wire.status import (
 )
 from tests.conftest import count_lines, restart
 
+pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
 COUNT_PREP = f"echo x >> {SHARED}/prep-count"

@@ -19,7 +19,9 @@ from node_agent.wire.status import (
     TaskState,
 )
 from tests.conftest import count_lines, restart
+from tests.raw_mqtt import RawMqtt
 
+pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
 GATE = f"while [ ! -e {SHARED}/go ]; do sleep 0.05; done"  # held until the test creates shared/go
@@ -299,3 +301,34 @@ def test_job_with_release_but_no_prep_is_invalid() -> None:
         Job(id="j1", job_release_task=JobReleaseTask(command_line="true"))
     with pytest.raises(ValidationError, match="jobPreparationTask"):
         Job.model_validate_json(b'{"id": "j1", "jobReleaseTask": {"commandLine": "true"}}')
+
+
+async def test_job_created_again_while_its_deletion_runs_on_the_node_starts_after_it(
+    pool, client: BatchClient, raw: RawMqtt
+) -> None:
+    """A driver may create a job again before it has seen a node clear the deleted one (a broker that keeps order
+    per topic only can show it the task results before the node's preparation status): the node finishes the
+    deletion, then takes the new job."""
+    [node] = await pool(1)
+    job = counted_job("j1", GATE)
+    await client.create_job(job)
+    await client.add_task("j1", TaskSpec(id="old", command_line="true"), node_id=node.node_id)
+    await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
+    topic = f"{raw.prefix}/jobs/j1"
+    await raw.publish(topic, job.model_copy(update={"state": JobState.DELETING}).to_json(), retain=True)
+    await client.wait_until(
+        lambda: (
+            (info := client.view.prep_release.get(("j1", node.node_id))) is not None
+            and info.job_release_task_execution_info is not None
+        ),
+        TIMEOUT_S,
+    )  # the release runs, held by its gate: the deletion is under way
+    await raw.publish(topic, b"", retain=True)
+    await raw.publish(topic, counted_job("j1").model_copy(update={"state": JobState.ACTIVE}).to_json(), retain=True)
+    (node.root / "shared" / "go").touch()
+    await client.wait_until(lambda: ("j1", node.node_id) not in client.view.prep_release, TIMEOUT_S)  # deleted
+
+    await client.add_task("j1", TaskSpec(id="new", command_line="true"), node_id=node.node_id)
+    [task] = await client.wait_for_tasks("j1", ["new"], timeout_s=TIMEOUT_S)
+    assert task.execution_info.result == TaskResult.SUCCESS
+    assert await count_lines(client, node.node_id, "shared/prep-count") == 2  # the new job's preparation ran

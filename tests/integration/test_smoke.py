@@ -1,8 +1,12 @@
 """The shortest path through the wire: one node, one job, one task."""
 
+import pytest
+
 from node_agent.client.pool import BatchClient
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import TaskResult
+
+pytestmark = pytest.mark.every_broker
 
 
 async def test_task_runs_and_reports_exit_code(pool, client: BatchClient) -> None:

@@ -25,6 +25,7 @@ from node_agent.wire.status import Event, NodeState, Task, TaskResult, TaskState
 from tests.processes import Fifo, has_exited, open_pidfd
 from tests.raw_mqtt import RawMqtt
 
+pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 
 
@@ -397,8 +398,11 @@ async def test_add_task_to_an_ended_job_is_refused_with_job_not_active(pool, cli
         assert reply["ok"] is False
         assert reply["error"]["code"] == "JobNotActive"
         assert state in reply["error"]["message"]
-    # the same through the client: a job ended with terminate_job takes no new task
-    await client.create_job(Job(id="j"))
+    # the same through the client: a job ended with terminate_job takes no new task. With a release task,
+    # terminate_job returns only once the node released, so the node has seen the job end (on NATS a command
+    # may overtake a job document sent before it on another topic).
+    prep, release = JobPreparationTask(command_line="/bin/true"), JobReleaseTask(command_line="/bin/true")
+    await client.create_job(Job(id="j", job_preparation_task=prep, job_release_task=release))
     await run_task(client, "j", TaskSpec(id="first", command_line="/bin/true"), node)
     await client.terminate_job("j", timeout_s=TIMEOUT_S)
     with pytest.raises(CommandError) as refused:
