@@ -26,6 +26,10 @@ class Publisher:
         self.node_id = node_id
         self.pool_id = pool_id
 
+    async def persisted(self) -> None:
+        """Wait until everything published so far is in the durable outbox."""
+        await self._transport.persisted()
+
     def task(self, job_id: str, task: Task, *, code: str | None = None, message: str | None = None) -> None:
         """Retained task state plus an event; a ``code`` marks a hand-back (the task left this node)."""
         self._transport.publish(self._topics.task(job_id, task.id), task.to_json(), retain=True)

@@ -25,7 +25,7 @@ from node_agent.retention.removal import is_symlink_safe
 from node_agent.store.boot import read_boot_id
 from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
-from node_agent.transport.mqtt import MqttTransport, Outgoing, SessionOptions
+from node_agent.transport.mqtt import Ack, MqttTransport, Outgoing, SessionOptions
 from node_agent.wire.status import NodeStateName
 from node_agent.wire.topics import Topics
 
@@ -144,11 +144,12 @@ def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
             persistent=True,
             will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
             tls_ca_file=settings.tls_ca_file,
+            manual_ack=True,  # PROTOCOL.md: a command is acknowledged to the broker once applied or stored
         ),
         on_message=_not_ready,
         subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
     )
 
 
-async def _not_ready(topic: str, payload: bytes, retained: bool) -> None:
+async def _not_ready(topic: str, payload: bytes, retained: bool, ack: Ack) -> None:
     raise RuntimeError("message handler not set")

@@ -18,7 +18,10 @@ from node_agent.config import BrokerAddress
 
 log = structlog.get_logger(__name__)
 
-MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]
+Ack = Callable[[], None]
+# (topic, payload, retained, ack): with SessionOptions.manual_ack the broker gets the PUBACK only when the handler
+# calls ack() (once the message is applied or stored); otherwise ack is a no-op and paho acknowledges on receipt.
+MessageHandler = Callable[[str, bytes, bool, Ack], Awaitable[None]]
 NODELAY = (
     socket.IPPROTO_TCP,
     socket.TCP_NODELAY,
@@ -42,6 +45,7 @@ class SessionOptions:
     keepalive_s: int = 30
     backoff_max_s: float = 10.0
     tls_ca_file: Path | None = None  # for mqtts://: trust this CA file instead of the system's CA certificates
+    manual_ack: bool = False  # PUBACK only when the handler calls ack(): a message lost in a crash is redelivered
 
 
 @dataclass(slots=True)
@@ -61,6 +65,9 @@ class MqttTransport:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Queue a QoS 1 message; it is sent in order once (and whenever) the broker is reachable."""
         self._outbox.put_nowait(Outgoing(topic, payload, retain))
+
+    async def persisted(self) -> None:
+        """Return once every message queued so far would survive a crash of this process."""
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued message has been acknowledged by the broker."""
@@ -89,6 +96,8 @@ class MqttTransport:
 
     async def _session(self, broker: BrokerAddress, stopping: asyncio.Event) -> None:
         async with self._client(broker) as client:
+            if self.options.manual_ack:
+                client._client.manual_ack_set(True)  # aiomqtt 2.x does not wrap paho's manual ack
             for topic in self.subscriptions:
                 await client.subscribe(topic, qos=1)
             self.connected.set()
@@ -125,7 +134,8 @@ class MqttTransport:
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            await self.on_message(message.topic.value, payload, message.retain)
+            ack = _acker(client, message.mid, message.qos) if self.options.manual_ack else _no_ack
+            await self.on_message(message.topic.value, payload, message.retain, ack)
 
     async def _send(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -135,6 +145,26 @@ class MqttTransport:
             await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
             self._pending = None
             self._outbox.task_done()
+
+
+def _no_ack() -> None:
+    pass
+
+
+def _acker(client: aiomqtt.Client, mid: int, qos: int) -> Ack:
+    """The PUBACK of one message, sent at most once and only on the connection that received it: a message id
+    means nothing on a later connection, and there the broker redelivers the message anyway."""
+    sent = False
+
+    def ack() -> None:
+        nonlocal sent
+        if sent or qos == 0:
+            return
+        sent = True
+        if client._client.is_connected():
+            client._client.ack(mid, qos)
+
+    return ack
 
 
 async def _wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
