@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from node_agent import faults
 from node_agent.agent.attempts import AttemptPlan, Outcome, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
@@ -154,6 +155,8 @@ class JobManager:
 
     async def _save_task(self, run: TaskRun) -> None:
         document = run.task.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if run.is_finished:
+            document["published"] = run.published  # False: recovery publishes the result (again)
         await self.ctx.store.put(("jobs", run.job_id, "tasks", run.task.id), document)
 
     async def save_job(self, job: NodeJob) -> None:
@@ -258,12 +261,13 @@ class JobManager:
             failure_info=outcome.failure_info,
         )
         run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
+        run.published = False
         await self._save_task(run)
+        faults.reached("task-recorded")
         retention = run.spec.constraints.retention_time
         completed_at = outcome.end_time or utcnow()
         await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
-        self.ctx.publisher.task(run.job_id, run.task)
-        self.ctx.on_load_change()
+        await self.publish_result(run)
         log.info(
             "task.completed",
             job_id=run.job_id,
@@ -271,6 +275,16 @@ class JobManager:
             exit_code=outcome.exit_code,
             result=str(outcome.result),
         )
+
+    async def publish_result(self, run: TaskRun) -> None:
+        """Publish a completed task through the durable outbox, then mark its record published: a crash
+        before the mark makes recovery publish it again (a byte-identical copy), never not at all."""
+        self.ctx.publisher.task(run.job_id, run.task)
+        self.ctx.on_load_change()
+        await self.ctx.publisher.persisted()
+        run.published = True
+        await self._save_task(run)
+        faults.reached("task-published")
 
     async def hand_back(self, run: TaskRun, code: str, message: str) -> None:
         """Give the task back to the scheduler: active, no node, and forgotten by this node."""

@@ -36,7 +36,10 @@ def jobs_from(found: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]]
     for job_id, record, tasks in found:
         try:
             job = NodeJob.from_record(job_id, record) if record else NodeJob(id=job_id)
-            runs = [TaskRun(job_id=job_id, task=Task.model_validate(document)) for document in tasks]
+            runs = [
+                TaskRun(job_id=job_id, task=Task.model_validate(document), published=document.get("published", True))
+                for document in tasks
+            ]
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(part) for part in error["loc"])
@@ -63,6 +66,9 @@ async def recover(manager: JobManager) -> None:
             job.prep_blocked = False  # a reboot lifts the block: the preparation will run again
         unfinished.extend(run for run in job.tasks.values() if not run.is_finished)
         manager.jobs[job_id] = job
+    unpublished = [run for job in manager.jobs.values() for run in job.tasks.values() if not run.published]
+    for run in unpublished:  # completed and recorded, maybe never in the outbox: published (again) once it runs
+        manager.ctx.group.create_task(manager.publish_result(run), name=f"republish-{run.job_id}-{run.task.id}")
     for run in unfinished:
         await manager.hand_back(run, "NodeAgentRestarted", "the agent restarted while the task was on this node")
-    log.info("recovery.done", jobs=len(manager.jobs), handed_back=len(unfinished))
+    log.info("recovery.done", jobs=len(manager.jobs), handed_back=len(unfinished), republished=len(unpublished))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 
 import structlog
 
@@ -18,7 +19,7 @@ from node_agent.agent.publisher import Publisher
 from node_agent.agent.recovery import recover
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
-from node_agent.errors import ConfigError
+from node_agent.errors import ConfigError, StoreCorrupt
 from node_agent.retention.deadlines import DeadlineBook
 from node_agent.retention.pressure import FreeSpaceProbe
 from node_agent.retention.removal import is_symlink_safe
@@ -26,6 +27,7 @@ from node_agent.store.boot import read_boot_id
 from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
 from node_agent.transport.mqtt import Ack, MqttTransport, Outgoing, SessionOptions
+from node_agent.transport.outbox import OUTBOX_FILE, OutboxStore
 from node_agent.wire.status import NodeStateName
 from node_agent.wire.topics import Topics
 
@@ -95,6 +97,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
                 reporter.update(manager.running_count, "enabled" if manager.scheduling_enabled else "disabled")
 
         store = RecordStore(settings.resolved_state_dir)
+        await _open_outbox(transport)
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
@@ -123,6 +126,16 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
     log.info("agent.stopped")
 
 
+async def _open_outbox(transport: MqttTransport) -> None:
+    try:
+        left = await transport.open_outbox()
+    except sqlite3.Error as exc:
+        path = transport.durable.path if transport.durable else "?"
+        raise StoreCorrupt(f"the outbox {path} is unreadable: {exc}; move it aside to start without it") from exc
+    if left:
+        log.info("outbox.recovered", messages=left)
+
+
 def _log_started(settings: AgentSettings, boot_id: str) -> None:
     log.info(
         "agent.started",
@@ -147,6 +160,7 @@ def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
             manual_ack=True,  # PROTOCOL.md: a command is acknowledged to the broker once applied or stored
         ),
         on_message=_not_ready,
+        durable=OutboxStore(settings.resolved_state_dir / OUTBOX_FILE),
         subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
     )
 
