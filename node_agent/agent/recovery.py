@@ -72,3 +72,20 @@ async def recover(manager: JobManager) -> None:
     for run in unfinished:
         await manager.hand_back(run, "NodeAgentRestarted", "the agent restarted while the task was on this node")
     log.info("recovery.done", jobs=len(manager.jobs), handed_back=len(unfinished), republished=len(unpublished))
+
+
+async def end_vanished_jobs(manager: JobManager, wait_s: float) -> None:
+    """After the first connect: a job this node remembers whose retained document does not come back within
+    ``wait_s`` was deleted while the agent was away, so it is ended here as a delete would have ended it
+    (release run if preparation ran, directories and records removed). Jobs that are terminating or deleting
+    need nothing here: their retained document arrives and ends them (PROTOCOL.md guarantee 3)."""
+    remembered = [job for job in manager.jobs.values() if job.has_presence]
+    waiting = [asyncio.ensure_future(job.doc_seen.wait()) for job in remembered]
+    if waiting:
+        await asyncio.wait(waiting, timeout=wait_s)
+    for waiter in waiting:
+        waiter.cancel()
+    vanished = [job for job in remembered if not job.doc_seen.is_set() and manager.jobs.get(job.id) is job]
+    for job in vanished:
+        log.warning("recovery.job_vanished", job_id=job.id)
+        manager.on_job_document(job.id, None)

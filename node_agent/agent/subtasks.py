@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from node_agent import faults
 from node_agent.agent.attempts import Outcome, plan_for, run_to_end
 from node_agent.retention.deadlines import DirectoryKind
 from node_agent.retention.removal import remove_below
@@ -88,6 +89,7 @@ class Subtasks:
         job.prep_boot_id = self.ctx.boot_id
         job.prep_blocked = False
         await self._record(job, job.prep)
+        faults.reached("prep-started")
         log.info("prep.started", job_id=job.id)
         plan = plan_for(
             self.ctx.layout,
@@ -217,6 +219,7 @@ class Subtasks:
             start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
         )
         await self._record(job, job.release)
+        faults.reached("release-started")
         log.info("release.started", job_id=job.id)
         plan = plan_for(
             self.ctx.layout,

@@ -16,7 +16,7 @@ from node_agent.agent.layout import NodeLayout
 from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
-from node_agent.agent.recovery import recover
+from node_agent.agent.recovery import end_vanished_jobs, recover
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError, StoreCorrupt
@@ -108,8 +108,14 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         dispatcher = Dispatcher(manager, publisher, topics, settings.node_id)
         transport.on_message = dispatcher.on_message
 
+        first_connect = True
+
         async def on_connected() -> None:
+            nonlocal first_connect
             reporter.publish()
+            if first_connect:  # the retained job documents are on their way: jobs deleted meanwhile have none
+                first_connect = False
+                group.create_task(end_vanished_jobs(manager, settings.job_wait.total_seconds()), name="vanished")
 
         transport.on_connected = on_connected
         group.create_task(transport.run(transport_stop), name="mqtt")
