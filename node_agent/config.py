@@ -71,6 +71,7 @@ class AgentSettings(BaseSettings):
     tls_ca_file: Path | None = None
     heartbeat_interval: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
+    tasks_on_stop: Literal["keep", "handback"] = "keep"  # ADR 0009: keep = left to their supervisors, adopted
     job_wait: timedelta = timedelta(seconds=10)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

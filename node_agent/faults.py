@@ -6,7 +6,7 @@ the agent; the test then starts the agent again without the variable and checks 
 - ``after-receive``: a command arrived from the broker, nothing of it applied or acknowledged yet
 - ``after-store``: an addTask is recorded durably, its reply not yet sent nor the command acknowledged
 - ``prep-started``: the job preparation is recorded running, its process not started yet
-- ``task-started``: a task's process was started (the supervisor shim owns it)
+- ``prepared``: the job preparation succeeded, the task waiting for it not yet recorded running
 - ``task-exited``: a task's process ended, its result not yet recorded nor published
 - ``task-recorded``: a task's completion is recorded, not yet published
 - ``release-started``: the job release is recorded running, its process not started yet

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import structlog
 
+from node_agent import faults
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessTracker
 from node_agent.errors import TaskFailure
 from node_agent.runner.environment import task_environment
 from node_agent.runner.process import ExitResult, ProcessSpec, run_process
+from node_agent.runner.supervised import Supervision, adopt, run_supervised
 from node_agent.wire.base import iso_duration, utcnow
 from node_agent.wire.specs import (
     EnvironmentSetting,
@@ -44,6 +46,7 @@ class AttemptPlan:
     resource_files: Sequence[ResourceFile] = ()
     user_identity: UserIdentity | None = None
     tracker: ProcessTracker | None = None
+    supervision: Supervision | None = None  # run under a shim that outlives the agent (ADR 0009)
 
 
 Definition = TaskSpec | JobPreparationTask | JobReleaseTask
@@ -57,6 +60,7 @@ def plan_for(
     max_wall_clock: timedelta | None,
     retries: int,
     tracker: ProcessTracker | None = None,
+    supervision: Supervision | None = None,
 ) -> AttemptPlan:
     """The plan of one of the job's tasks: its directory, and its environment in Azure Batch's order."""
     prep = job.job_preparation_task
@@ -70,6 +74,7 @@ def plan_for(
         resource_files=task.resource_files,
         user_identity=task.user_identity,
         tracker=tracker,
+        supervision=supervision,
     )
 
 
@@ -149,13 +154,46 @@ def _may_retry(plan: AttemptPlan, outcome: Outcome, result: ExitResult) -> bool:
     return limit == -1 or outcome.retry_count < limit
 
 
+async def _attempt(plan: AttemptPlan, spec: ProcessSpec, kill: asyncio.Event, resume: Resume | None) -> ExitResult:
+    tracker = plan.tracker
+
+    async def on_spawn(pid: int) -> None:
+        if tracker is not None:
+            await tracker.started(pid)
+        if resume is not None and resume.on_spawned is not None:
+            resume.on_spawned()
+
+    try:
+        if resume is not None and resume.adopt and plan.supervision is not None:
+            return await adopt(plan.supervision, kill, resume.detach)
+        if plan.supervision is not None:
+            detach = resume.detach if resume else None
+            return await run_supervised(spec, kill, plan.supervision, on_spawn, detach)
+        return await run_process(spec, kill, on_spawn)
+    finally:
+        if tracker is not None:
+            await asyncio.shield(tracker.ended())
+
+
+@dataclass(slots=True)
+class Resume:
+    """How run_to_end continues: from a recorded outcome (start time, retries so far), adopting the running
+    attempt's supervisor; ``detach`` set means a cancel leaves the supervised process running."""
+
+    outcome: Outcome | None = None
+    adopt: bool = False
+    detach: asyncio.Event | None = None
+    on_spawned: Callable[[], None] | None = None  # each attempt's process has started
+
+
 async def run_to_end(
     plan: AttemptPlan,
     kill: asyncio.Event,
     on_change: Callable[[Outcome], None] = lambda _: None,
+    resume: Resume | None = None,
 ) -> Outcome:
     """Run attempts until success, a non-retryable failure or the retry limit; the Outcome is final."""
-    outcome = Outcome()
+    outcome = resume.outcome if resume is not None and resume.outcome is not None else Outcome()
     try:
         check_supported(plan)
         working_dir = plan.task_dir / "wd"
@@ -169,12 +207,10 @@ async def run_to_end(
                 stderr=plan.task_dir / "stderr.txt",
                 max_wall_clock=plan.max_wall_clock,
             )
-            tracker = plan.tracker
-            try:
-                result = await run_process(spec, kill, tracker.started if tracker else None)
-            finally:
-                if tracker is not None:
-                    await asyncio.shield(tracker.ended())
+            result = await _attempt(plan, spec, kill, resume)
+            faults.reached("task-exited")
+            if resume is not None:
+                resume.adopt = False  # the next attempt starts afresh
             outcome.exit_code = result.exit_code
             outcome.failure_info = _exit_failure(result, plan)
             if not _may_retry(plan, outcome, result):

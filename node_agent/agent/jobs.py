@@ -20,11 +20,12 @@ from datetime import datetime, timedelta
 import structlog
 
 from node_agent import faults
-from node_agent.agent.attempts import AttemptPlan, Outcome, plan_for, run_to_end
+from node_agent.agent.attempts import AttemptPlan, Outcome, Resume, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.runs import NodeJob, TaskRun
+from node_agent.agent.supervisors import Supervisors
 from node_agent.errors import InputError
 from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
 from node_agent.store.records import RecordStore
@@ -45,6 +46,7 @@ class NodeContext:
     on_load_change: Callable[[], None]
     processes: ProcessRegistry
     deadlines: DeadlineBook
+    supervisors: Supervisors
 
 
 class JobManager:
@@ -89,6 +91,9 @@ class JobManager:
         run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec))
         job.tasks[spec.id] = run
         try:
+            if not job.has_record:  # the job document first: a recovered task needs it (environment, limits)
+                await self.save_job(job)
+                job.has_record = True
             await asyncio.shield(self._save_task(run))
         except BaseException:
             job.tasks.pop(spec.id, None)
@@ -193,9 +198,9 @@ class JobManager:
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
 
-    async def _work(self, job: NodeJob, run: TaskRun) -> None:
+    async def _work(self, job: NodeJob, run: TaskRun, resume: Resume | None = None) -> None:
         try:
-            await self._run_in_slot(job, run)
+            await self._run_in_slot(job, run, resume)
         except Exception as exc:  # a node fault (disk, permissions) fails this task, never the agent
             log.exception("task.agent_error", job_id=run.job_id, task_id=run.task.id)
             if not run.is_finished:
@@ -204,29 +209,50 @@ class JobManager:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._complete(run, outcome))
 
-    async def _run_in_slot(self, job: NodeJob, run: TaskRun) -> None:
+    async def _run_in_slot(self, job: NodeJob, run: TaskRun, resume: Resume | None = None) -> None:
         async with self.slots:
-            if job.ending is not None:  # a slot freed while the job ends: end_task records it TaskEnded
+            if resume is None and not await self._start(job, run):
                 return
-            assert job.doc is not None
-            prep = job.doc.job_preparation_task
-            if prep is not None and prep.wait_for_success:
-                if self.subtasks.prep_pending(job):
-                    self._set_state(run, TaskState.PREPARING)
-                if not await self.subtasks.ensure_prepared(job):
-                    await self.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")
-                    return
-            elif prep is not None:
-                self.subtasks.start_preparation(job)
-            await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
-            start = utcnow()
-            self._set_state(run, TaskState.RUNNING, execution_info=TaskExecutionInfo(start_time=start))
-            outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run))
+            resume = resume or Resume(detach=self.ctx.supervisors.detach, on_spawned=lambda: self._publish_running(run))
+            outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run), resume)
             # Still holding the slot: the next task must not be seen running before this one completed.
             if run.requeue_code is not None:
                 await self.hand_back(run, run.requeue_code, "the agent stopped while the task ran")
                 return
             await asyncio.shield(self._complete(run, outcome))
+
+    async def _start(self, job: NodeJob, run: TaskRun) -> bool:
+        """Preparation first if the job waits for it, then the task recorded running; False: not started."""
+        if job.ending is not None:  # a slot freed while the job ends: end_task records it TaskEnded
+            return False
+        assert job.doc is not None
+        prep = job.doc.job_preparation_task
+        if prep is not None and prep.wait_for_success:
+            if self.subtasks.prep_pending(job):
+                self._set_state(run, TaskState.PREPARING)
+            if not await self.subtasks.ensure_prepared(job):
+                await self.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")
+                return False
+            faults.reached("prepared")
+        elif prep is not None:
+            self.subtasks.start_preparation(job)
+        await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
+        # Recorded running before the supervisor starts (a new agent adopts it, ADR 0009); published once the
+        # process runs, so that "running" on the wire means a process exists.
+        run.update(state=TaskState.RUNNING, state_transition_time=utcnow())
+        run.update(execution_info=TaskExecutionInfo(start_time=run.task.state_transition_time))
+        await asyncio.shield(self._save_task(run))
+        return True
+
+    def _publish_running(self, run: TaskRun) -> None:
+        if run.task.execution_info.retry_count == 0:  # a retry is published by the retry reporter
+            self.ctx.publisher.task(run.job_id, run.task)
+            self.ctx.on_load_change()
+
+    def start_recovered(self, job: NodeJob, run: TaskRun, resume: Resume | None) -> None:
+        """Recovery: queue a task a previous agent accepted (``resume`` None) or left running under its
+        supervisor (``resume`` adopts it), as its worker would have."""
+        run.worker = self.ctx.group.create_task(self._work(job, run, resume), name=f"task-{job.id}-{run.task.id}")
 
     def _plan(self, job: NodeJob, run: TaskRun) -> AttemptPlan:
         assert job.doc is not None
@@ -238,6 +264,7 @@ class JobManager:
             max_wall_clock=constraints.max_wall_clock_time,
             retries=constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, run.task.id),
+            supervision=self.ctx.supervisors.supervision(job.id, run.task.id),
         )
 
     def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:
@@ -246,6 +273,7 @@ class JobManager:
                 update={"retry_count": outcome.retry_count, "last_retry_time": outcome.last_retry_time}
             )
             self._set_state(run, TaskState.RUNNING, execution_info=info)
+            self.ctx.group.create_task(self._save_task(run))  # the retry count survives an agent restart
 
         return report
 
@@ -267,6 +295,7 @@ class JobManager:
         retention = run.spec.constraints.retention_time
         completed_at = outcome.end_time or utcnow()
         await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
+        await self.ctx.supervisors.forget(run.job_id, run.task.id)
         await self.publish_result(run)
         log.info(
             "task.completed",
@@ -294,6 +323,7 @@ class JobManager:
         info = run.task.execution_info.model_copy(update={"requeue_count": run.task.execution_info.requeue_count + 1})
         run.update(state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info)
         await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
+        await asyncio.shield(self.ctx.supervisors.forget(run.job_id, run.task.id))
         if info.start_time is not None:  # it ran here: its directory is left to retention, as a completed task's
             retention = run.spec.constraints.retention_time
             kind = DirectoryKind.TASK
@@ -342,8 +372,9 @@ class JobManager:
         if doc.state != JobState.ACTIVE and job.has_presence:
             self.subtasks.end_job(job, deleting=doc.state == JobState.DELETING)
 
-    async def shutdown(self, grace_s: float) -> None:
-        """SIGTERM: take nothing new, let running tasks finish within the grace, hand back the rest."""
+    async def shutdown(self, grace_s: float, *, keep_running: bool = False) -> None:
+        """SIGTERM: take nothing new, hand back what waits; running tasks are left to their supervisors
+        (``keep_running``, adopted by the next agent) or get the grace to finish, then are handed back."""
         self.accepting = False
         runs = [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
         for run in runs:
@@ -352,6 +383,14 @@ class JobManager:
                 if not run.is_finished and not run.is_running:
                     await self.hand_back(run, "NodeAgentStopped", "the agent stopped before the task started")
         workers = [run.worker for run in runs if run.worker is not None and not run.worker.done()]
+        if keep_running:
+            self.ctx.supervisors.detach.set()
+            for worker in workers:
+                worker.cancel()
+            if workers:
+                await asyncio.wait(workers)
+            await self.subtasks.stop()
+            return
         if workers:
             await asyncio.wait(workers, timeout=grace_s)
         for run in runs:

@@ -53,16 +53,17 @@ class ProcessRegistry:
     def track(self, job_id: str, task_id: str) -> ProcessTracker:
         return ProcessTracker(self.store, job_id, task_id)
 
-    async def kill_orphans(self) -> int:
-        """Kill every recorded process that still runs (same pid and start time), then forget them all."""
-        killed = await asyncio.to_thread(self._kill_orphans)
+    async def kill_orphans(self, spare: set[int] | frozenset[int] = frozenset()) -> int:
+        """Kill every recorded process that still runs (same pid and start time), then forget them all;
+        ``spare`` are the adopted supervisors and their tasks (ADR 0009)."""
+        killed = await asyncio.to_thread(self._kill_orphans, spare)
         await self.store.delete_tree(("processes",))
         if killed:
             log.warning("recovery.orphans_killed", processes=killed)
         return killed
 
-    def _kill_orphans(self) -> int:
-        pids = self._recorded() | self._of_this_node()
+    def _kill_orphans(self, spare: set[int] | frozenset[int]) -> int:
+        pids = (self._recorded() | self._of_this_node()) - spare
         return sum(kill_tree(pid) for pid in pids)
 
     def _recorded(self) -> set[int]:

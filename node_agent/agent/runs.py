@@ -59,6 +59,7 @@ class NodeJob:
     prep_kill: asyncio.Event = field(default_factory=asyncio.Event)
     ending: asyncio.Task[None] | None = None
     delete_requested: bool = False
+    has_record: bool = False  # the job record (with its document) is in the store
 
     @property
     def has_presence(self) -> bool:
@@ -90,7 +91,7 @@ class NodeJob:
 
     @classmethod
     def from_record(cls, job_id: str, record: dict[str, Any]) -> NodeJob:
-        job = cls(id=job_id)
+        job = cls(id=job_id, has_record=True)
         if record.get("doc"):
             job.doc = Job.model_validate(record["doc"])
         if record.get("prep"):

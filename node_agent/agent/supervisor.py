@@ -17,6 +17,7 @@ from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.recovery import end_vanished_jobs, recover
+from node_agent.agent.supervisors import Supervisors
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError, StoreCorrupt
@@ -101,7 +102,8 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
-        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines)
+        supervisors = Supervisors(settings.resolved_state_dir, boot_id)
+        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines, supervisors)
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
         sweeper = Sweeper(manager, deadlines, disk, reporter)
@@ -123,7 +125,7 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
         group.create_task(sweeper.run(settings.retention_sweep_interval.total_seconds(), stopping), name="retention")
         _log_started(settings, boot_id)
         await stopping.wait()
-        await manager.shutdown(settings.shutdown_grace.total_seconds())
+        await manager.shutdown(settings.shutdown_grace.total_seconds(), keep_running=settings.tasks_on_stop == "keep")
         await dispatcher.close()
         reporter.publish(NodeStateName.OFFLINE)
         if not await transport.flush(timeout_s=5):

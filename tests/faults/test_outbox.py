@@ -10,6 +10,7 @@ from node_agent.client.pool import BatchClient
 from node_agent.testing.nodes import NodePool
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import Event, TaskResult, TaskState
+from tests.faults.conftest import completions
 
 TIMEOUT_S = 30.0
 GATED = "/bin/sh -c 'read line < $AZ_BATCH_NODE_SHARED_DIR/{gate}; exit 7'"
@@ -19,10 +20,6 @@ def open_gate(path: Path) -> None:
     """Let a task blocked on reading the FIFO go on (blocks until the task has opened it)."""
     with open(path, "w") as gate:
         gate.write("go\n")
-
-
-def completions(events: list[Event], task_id: str) -> list[Event]:
-    return [e for e in events if e.task_id == task_id and e.type == "taskStateChanged" and e.state == "completed"]
 
 
 async def test_result_published_while_partitioned_reaches_the_client_after_a_crash(
@@ -46,6 +43,7 @@ async def test_result_published_while_partitioned_reaches_the_client_after_a_cra
         lambda: (t := client.view.tasks.get(("j1", "t1"))) is not None and t.state == TaskState.COMPLETED and t, 20
     )
     assert task.execution_info.exit_code == 7 and task.execution_info.result == TaskResult.FAILURE
+    await client.wait_until(lambda: completions(events, "t1"), TIMEOUT_S)
     await client.sync()
     assert len(completions(events, "t1")) == 1
 
@@ -64,5 +62,6 @@ async def test_result_recorded_but_not_yet_in_the_outbox_is_published_by_recover
 
     [task] = await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
     assert task.execution_info.exit_code == 0
+    await client.wait_until(lambda: completions(events, "t1"), TIMEOUT_S)
     await client.sync()
     assert len(completions(events, "t1")) == 1
