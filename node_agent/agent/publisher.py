@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from node_agent.transport.mqtt import MqttTransport
@@ -35,6 +36,7 @@ class Publisher:
         self._transport.publish(self._topics.task(job_id, task.id), task.to_json(), retain=True)
         self._event(
             "taskHandedBack" if code else "taskStateChanged",
+            at=task.state_transition_time,  # a copy published again after a crash is byte-identical
             job_id=job_id,
             task_id=task.id,
             state=task.state,
@@ -51,8 +53,8 @@ class Publisher:
         """A task directory this node removed (retention or disk pressure)."""
         self._event("taskDirectoryRemoved", job_id=job_id, task_id=task_id, reason=reason, bytes_freed=bytes_freed)
 
-    def _event(self, kind: EventType, **fields: Any) -> None:
-        event = Event(type=kind, time=utcnow(), node_id=self.node_id, **fields)
+    def _event(self, kind: EventType, at: datetime | None = None, **fields: Any) -> None:
+        event = Event(type=kind, time=at or utcnow(), node_id=self.node_id, **fields)
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 
     def clear_task(self, job_id: str, task_id: str) -> None:
