@@ -194,7 +194,7 @@ class JobManager:
     # -- running -----------------------------------------------------------------------------------------
 
     def _set_state(self, run: TaskRun, state: TaskState, **changes: object) -> None:
-        run.update(state=state, state_transition_time=utcnow(), **changes)
+        run.update(**{"state": state, "state_transition_time": utcnow(), **changes})
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
 
@@ -237,21 +237,18 @@ class JobManager:
         elif prep is not None:
             self.subtasks.start_preparation(job)
         await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
-        # Recorded running before the supervisor starts (a new agent adopts it, ADR 0009); published once the
-        # process runs, so that "running" on the wire means a process exists.
-        run.update(state=TaskState.RUNNING, state_transition_time=utcnow())
-        run.update(execution_info=TaskExecutionInfo(start_time=run.task.state_transition_time))
+        # Recorded running before the supervisor starts (ADR 0009), published once the process runs.
+        now = utcnow()
+        run.update(state=TaskState.RUNNING, state_transition_time=now, execution_info=TaskExecutionInfo(start_time=now))
         await asyncio.shield(self._save_task(run))
         return True
 
     def _publish_running(self, run: TaskRun) -> None:
         if run.task.execution_info.retry_count == 0:  # a retry is published by the retry reporter
-            self.ctx.publisher.task(run.job_id, run.task)
-            self.ctx.on_load_change()
+            self._set_state(run, TaskState.RUNNING, state_transition_time=run.task.state_transition_time)
 
     def start_recovered(self, job: NodeJob, run: TaskRun, resume: Resume | None) -> None:
-        """Recovery: queue a task a previous agent accepted (``resume`` None) or left running under its
-        supervisor (``resume`` adopts it), as its worker would have."""
+        """Recovery: queue an accepted task again, or (``resume``) adopt its running supervisor."""
         run.worker = self.ctx.group.create_task(self._work(job, run, resume), name=f"task-{job.id}-{run.task.id}")
 
     def _plan(self, job: NodeJob, run: TaskRun) -> AttemptPlan:
@@ -306,8 +303,7 @@ class JobManager:
         )
 
     async def publish_result(self, run: TaskRun) -> None:
-        """Publish a completed task through the durable outbox, then mark its record published: a crash
-        before the mark makes recovery publish it again (a byte-identical copy), never not at all."""
+        """Publish a completed task, then mark its record published (else recovery publishes it again)."""
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
         await self.ctx.publisher.persisted()
@@ -384,17 +380,13 @@ class JobManager:
                     await self.hand_back(run, "NodeAgentStopped", "the agent stopped before the task started")
         workers = [run.worker for run in runs if run.worker is not None and not run.worker.done()]
         if keep_running:
-            self.ctx.supervisors.detach.set()
+            self.ctx.supervisors.detach.set()  # a cancelled worker leaves its supervisor running
             for worker in workers:
                 worker.cancel()
-            if workers:
-                await asyncio.wait(workers)
-            await self.subtasks.stop()
-            return
-        if workers:
+        elif workers:
             await asyncio.wait(workers, timeout=grace_s)
         for run in runs:
-            if run.worker is not None and not run.worker.done():
+            if not keep_running and run.worker is not None and not run.worker.done():
                 run.requeue_code = "NodeAgentStopped"
                 run.kill.set()
         if workers:

@@ -129,7 +129,13 @@ async def run_supervised(
 def _spawn_shim(folder: Path, env: dict[str, str], log_fd: int, pipe: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "node_agent.runner.shim", str(folder)],
-        env={**env, "PYTHONPATH": PACKAGE_PARENT},
+        # Its own small environment (the task's is in spec.json): a task's PYTHONHOME or LD_PRELOAD cannot
+        # break the supervisor; AZ_BATCH_NODE_ROOT_DIR marks it as this node's for the orphan scan.
+        env={
+            "PATH": os.defpath,
+            "PYTHONPATH": PACKAGE_PARENT,
+            **{name: env[name] for name in ("AZ_BATCH_NODE_ROOT_DIR",) if name in env},
+        },
         stdin=subprocess.DEVNULL,
         stdout=pipe,
         stderr=log_fd,

@@ -16,6 +16,7 @@ import psutil
 from node_agent import faults
 from node_agent.brokers import BrokerHandle, broker_url
 from node_agent.client.pool import BatchClient
+from node_agent.client.view import PLACEABLE
 from node_agent.localpool import STOP_TIMEOUT_S, LocalAgent, make_agent
 from node_agent.runner.process import kill_tree
 from node_agent.testing.proxy import BrokerProxy
@@ -41,10 +42,17 @@ def fresh_prefix() -> str:
 
 
 async def wait_ready(client: BatchClient, nodes: Sequence[Started], timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Wait until each node's retained state says idle, published by the run that started at ``started_at``."""
+    """Wait until each node's retained state says idle or running, published by the run that started at
+    ``started_at``."""
     since = min(node.started_at for node in nodes)
+
+    def ready() -> bool:
+        # idle, or running: a restarted agent may have adopted running tasks or queued accepted ones again
+        states = [client.view.nodes.get(node.node_id) for node in nodes]
+        return all(s is not None and s.state in PLACEABLE and s.last_heartbeat >= since for s in states)
+
     try:
-        await client.wait_for_nodes([node.node_id for node in nodes], timeout_s=timeout_s, since=since)
+        await client.wait_until(lambda: ready() or None, timeout_s)
     except TimeoutError:
         logs = "\n".join(f"--- {node.node_id}\n{_log_tail(node.log_file)}" for node in nodes)
         raise AssertionError(f"agents not ready in {timeout_s:g} s:\n{logs}") from None
