@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.faults.soak import soak
 
 TASKS = int(os.environ.get("SOAK_TASKS", "200"))
 AGENTS = int(os.environ.get("SOAK_AGENTS", "3"))
 
 
+@pytest.mark.timeout(300)
 async def test_every_task_has_one_result_and_ran_once_through_random_kills(tmp_path: Path) -> None:
     report = await soak(TASKS, AGENTS, tmp_path, timeout_s=240)
     print("\n".join(report.lines()))
