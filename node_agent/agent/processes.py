@@ -29,6 +29,14 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
+def _below(pid: int, spare: set[int] | frozenset[int]) -> bool:
+    """Whether an adopted supervisor is among the process's ancestors (a child it started after the scan)."""
+    try:
+        return any(parent.pid in spare for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessTracker:
     """Records one task's process while it runs (store key ("processes", jobId, taskId))."""
@@ -63,7 +71,7 @@ class ProcessRegistry:
         return killed
 
     def _kill_orphans(self, spare: set[int] | frozenset[int]) -> int:
-        pids = (self._recorded() | self._of_this_node()) - spare
+        pids = {pid for pid in (self._recorded() | self._of_this_node()) - spare if not _below(pid, spare)}
         return sum(kill_tree(pid) for pid in pids)
 
     def _recorded(self) -> set[int]:

@@ -1,7 +1,8 @@
 """The per-task supervisor process: ``python -m node_agent.runner.shim DIR`` owns one task process.
 
 It outlives the agent (its own session, not the agent's child once the agent is gone): it starts the
-command that ``DIR/spec.json`` describes, records the child in ``DIR/started.json``, kills the child's
+command that ``DIR/spec.json`` describes (after recording itself in ``DIR/shim.json``), records the child in
+``DIR/started.json``, kills the child's
 whole tree when the wall-clock deadline (absolute, so a new agent keeps the original start) passes or on
 SIGTERM, and writes ``DIR/status.json`` (``exitCode``, ``timedOut``, ``killed``, or ``launchError``)
 atomically before it exits. The agent, or the agent that replaces it, reads that file
@@ -22,7 +23,7 @@ from typing import Any
 
 import psutil
 
-SPEC, STARTED, STATUS = "spec.json", "started.json", "status.json"
+SPEC, SHIM, STARTED, STATUS = "spec.json", "shim.json", "started.json", "status.json"
 
 
 def write_atomic(path: Path, document: dict[str, Any]) -> None:
@@ -101,18 +102,16 @@ class Supervisor:
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.on_term)
+        # Before the child exists: whoever finds this shim alive knows it owns (or will own) the task, so a new
+        # agent adopts it instead of killing a task that may already have done part of its work.
+        write_atomic(self.folder / SHIM, {"shimPid": os.getpid(), "shimCreateTime": psutil.Process().create_time()})
         child = self.launch()
         if child is None:
             return
         self.child = child
         write_atomic(
             self.folder / STARTED,
-            {
-                "shimPid": os.getpid(),
-                "shimCreateTime": psutil.Process().create_time(),
-                "pid": child.pid,
-                "createTime": psutil.Process(child.pid).create_time(),
-            },
+            {"pid": child.pid, "createTime": psutil.Process(child.pid).create_time()},
         )
         _tell_started()
         if self.killed:  # SIGTERM came before the child existed

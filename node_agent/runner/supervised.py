@@ -1,7 +1,7 @@
 """A process run under its own supervisor (runner/shim.py), and the adoption of one a previous agent started.
 
 The supervisor folder (one per task, outside the node root) holds ``spec.json`` (written here before the
-spawn), ``started.json`` and ``status.json`` (written by the shim). A new agent in the same boot finds the
+spawn), ``shim.json``, ``started.json`` and ``status.json`` (written by the shim). A new agent in the same boot finds the
 folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock deadline in
 ``spec.json`` is absolute, so the limit keeps counting from the original start.
 """
@@ -26,7 +26,7 @@ import structlog
 
 from node_agent.errors import TaskFailure
 from node_agent.runner.process import ExitResult, ProcessSpec, kill_tree, split_command_line
-from node_agent.runner.shim import SPEC, STARTED, STATUS, write_atomic
+from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_atomic
 
 log = structlog.get_logger(__name__)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # so the shim imports this very node_agent
@@ -58,8 +58,8 @@ def _create_time(pid: int) -> float | None:
 
 def shim_alive(folder: Path) -> int | None:
     """The pid of the folder's shim if it still runs (same pid and start time), else None."""
-    started = _read(folder / STARTED) or {}
-    pid, created = started.get("shimPid"), started.get("shimCreateTime")
+    shim = _read(folder / SHIM) or {}
+    pid, created = shim.get("shimPid"), shim.get("shimCreateTime")
     if isinstance(pid, int) and created is not None and _create_time(pid) == created:
         return pid
     return None
