@@ -97,7 +97,7 @@ class Dispatcher:
             return
         try:
             command = COMMANDS.validate_json(payload)
-            result = await self._execute(command)
+            result = await self._execute(command, request_id)
         except ValidationError as exc:
             self._refuse(reply_to, request_id, *_validation_error(exc))
         except InputError as exc:
@@ -129,10 +129,10 @@ class Dispatcher:
         else:
             self.publisher.rejected(code, message + _no_reply_hint(request_id), request_id)
 
-    async def _execute(self, command: Command) -> Any:
+    async def _execute(self, command: Command, request_id: str | None) -> Any:
         match command:
             case AddTask(job_id=job_id, task=task):
-                added = await self.manager.add_task(job_id, task)
+                added = await self.manager.add_task(job_id, task, request_id)
                 faults.reached("after-store")
                 return added.model_dump(mode="json", by_alias=True, exclude_none=True)
             case TerminateTask(job_id=job_id, task_id=task_id):

@@ -1,12 +1,10 @@
 """The job lifecycle on this node: accepting tasks, running them in slots after preparation, ending jobs.
 
-Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask):
+Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask; what a stop or restart does: ADR 0001, 0009):
 
     addTask --> active --slot--> preparing --prep ok--> running --exit--> completed
-                  |                  |  prep failed (waitForSuccess)
-                  |                  +--> handed back: active, no node (event JobPreparationTaskFailed)
+                  |                  +-- prep failed (waitForSuccess) --> handed back (JobPreparationTaskFailed)
                   +-- terminateTask / job end --> completed (TaskEnded)
-                  +-- agent stop --> handed back: active, no node (event NodeAgentStopped)
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from node_agent import faults
+from node_agent.agent import handedback
 from node_agent.agent.attempts import AttemptPlan, Outcome, Resume, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
@@ -77,18 +76,20 @@ class JobManager:
 
     # -- accepting ---------------------------------------------------------------------------------------
 
-    async def add_task(self, job_id: str, spec: TaskSpec) -> Task:
+    async def add_task(self, job_id: str, spec: TaskSpec, request_id: str | None = None) -> Task:
         """Record the task durably, start it, and return its state (the same state for a repeated add)."""
         job = self.job(job_id)
         if (known := await self._known(job, spec.id)) is not None:
             return known
+        if await handedback.is_redelivery(self.ctx.store, job_id, spec.id, request_id):
+            raise InputError("TaskHandedBack", f"task {spec.id!r} was handed back by this node; nothing was done")
         self._check_accepting()
         doc = await self._job_document(job)
         if (known := await self._known(job, spec.id)) is not None:  # a duplicate arrived while we waited
             return known
         self._check_accepting()  # the agent may have begun stopping while we waited
         self._check_acceptable(job, doc, spec)
-        run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec))
+        run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec), request_id=request_id)
         job.tasks[spec.id] = run
         try:
             if not job.has_record:  # the job document first: a recovered task needs it (environment, limits)
@@ -107,8 +108,7 @@ class JobManager:
 
     async def _known(self, job: NodeJob, task_id: str) -> Task | None:
         """The state of a task this node already holds (a repeated addTask is acknowledged, never run again)."""
-        known = job.tasks.get(task_id)
-        if known is None:
+        if (known := job.tasks.get(task_id)) is None:
             return None
         await known.recorded.wait()
         if job.tasks.get(task_id) is not known:
@@ -160,6 +160,7 @@ class JobManager:
 
     async def _save_task(self, run: TaskRun) -> None:
         document = run.task.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document["requestId"] = run.request_id  # the addTask that brought it (agent/handedback.py)
         if run.is_finished:
             document["published"] = run.published  # False: recovery publishes the result (again)
         await self.ctx.store.put(("jobs", run.job_id, "tasks", run.task.id), document)
@@ -178,8 +179,7 @@ class JobManager:
         counting_from: datetime | None = None,
         keep_existing: bool = False,
     ) -> None:
-        """Record durably when the directory is due for removal (guarantee 6: retentionTime, default 7 days,
-        counted from the completion or from ``counting_from``)."""
+        """Record when the directory is due for removal (guarantee 6), from the completion or ``counting_from``."""
         layout = self.ctx.layout
         deadline = Deadline(
             job_id=job_id,
@@ -243,13 +243,13 @@ class JobManager:
         await asyncio.shield(self._save_task(run))
         return True
 
-    def _publish_running(self, run: TaskRun) -> None:
-        if run.task.execution_info.retry_count == 0:  # a retry is published by the retry reporter
+    def _publish_running(self, run: TaskRun) -> None:  # a retry is published by the retry reporter instead
+        if run.task.execution_info.retry_count == 0:
             self._set_state(run, TaskState.RUNNING, state_transition_time=run.task.state_transition_time)
 
     def start_recovered(self, job: NodeJob, run: TaskRun, resume: Resume | None) -> None:
         """Recovery: queue an accepted task again, or (``resume``) adopt its running supervisor."""
-        run.worker = self.ctx.group.create_task(self._work(job, run, resume), name=f"task-{job.id}-{run.task.id}")
+        run.worker = self.ctx.group.create_task(self._work(job, run, resume))
 
     def _plan(self, job: NodeJob, run: TaskRun) -> AttemptPlan:
         assert job.doc is not None
@@ -320,6 +320,7 @@ class JobManager:
         run.update(state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info)
         await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
         await asyncio.shield(self.ctx.supervisors.forget(run.job_id, run.task.id))
+        await asyncio.shield(handedback.remember(self.ctx.store, run.job_id, run.task.id, run.request_id))
         if info.start_time is not None:  # it ran here: its directory is left to retention, as a completed task's
             retention = run.spec.constraints.retention_time
             kind = DirectoryKind.TASK
@@ -369,8 +370,7 @@ class JobManager:
             self.subtasks.end_job(job, deleting=doc.state == JobState.DELETING)
 
     async def shutdown(self, grace_s: float, *, keep_running: bool = False) -> None:
-        """SIGTERM: take nothing new, hand back what waits; running tasks are left to their supervisors
-        (``keep_running``, adopted by the next agent) or get the grace to finish, then are handed back."""
+        """SIGTERM: nothing new, waiting tasks handed back, running ones kept (ADR 0009) or handed back."""
         self.accepting = False
         runs = [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
         for run in runs:

@@ -39,7 +39,12 @@ def jobs_from(found: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]]
         try:
             job = NodeJob.from_record(job_id, record) if record else NodeJob(id=job_id)
             runs = [
-                TaskRun(job_id=job_id, task=Task.model_validate(document), published=document.get("published", True))
+                TaskRun(
+                    job_id=job_id,
+                    task=Task.model_validate(document),
+                    request_id=document.get("requestId"),
+                    published=document.get("published", True),
+                )
                 for document in tasks
             ]
         except ValidationError as exc:

@@ -26,6 +26,7 @@ class TaskRun:
     recorded: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task[None] | None = None
     requeue_code: str | None = None  # set when the run is to be handed back instead of completed
+    request_id: str | None = None  # the addTask that brought it
     published: bool = True  # a completed task's result is in the durable outbox (recorded with the task)
 
     @property

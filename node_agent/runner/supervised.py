@@ -1,8 +1,8 @@
 """A process run under its own supervisor (runner/shim.py), and the adoption of one a previous agent started.
 
 The supervisor folder (one per task, outside the node root) holds ``spec.json`` (written here before the
-spawn), ``shim.json``, ``started.json`` and ``status.json`` (written by the shim). A new agent in the same boot finds the
-folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock deadline in
+spawn), ``shim.json``, ``started.json`` and ``status.json`` (written by the shim). A new agent in the same boot
+finds the folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock deadline in
 ``spec.json`` is absolute, so the limit keeps counting from the original start.
 """
 

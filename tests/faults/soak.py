@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -75,11 +76,16 @@ async def _submit(client: BatchClient, task: TaskSpec) -> None:
             await client.add_task("soak", task, node_id=node_id)
             return
         except TimeoutError:
+            placed = client.view.tasks.get(("soak", task.id))
+            if placed is not None and (placed.node_info is None or placed.node_info.node_id != node_id):
+                return  # handed back meanwhile, and the client placed it again itself
             continue
         except NoNodeAvailable:
             skipped.clear()
             await client.wait_until(lambda: client.view.pick_node() if _any_node(client) else None, 60)
         except CommandError as exc:
+            if exc.code == "TaskHandedBack":
+                return  # this node gave it back; the client placed it elsewhere
             if exc.code not in RETRY_ELSEWHERE:
                 raise
             skipped.add(exc.node_id)
@@ -192,11 +198,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for every task")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="soak-") as base:
-        report = asyncio.run(soak(args.tasks, args.agents, Path(base), seed=args.seed, timeout_s=args.timeout))
+    base = Path(tempfile.mkdtemp(prefix="soak-"))
+    report = asyncio.run(soak(args.tasks, args.agents, base, seed=args.seed, timeout_s=args.timeout))
     print("\n".join(report.lines()))
     ok = report.completed == args.tasks and not report.ran_twice and report.never_ran == 0
     ok = ok and all(n == 1 for n in report.prep_runs.values() if n)
+    if ok:
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        print(f"ran twice: {report.ran_twice[:20]}; agent logs and state kept in {base}")
     sys.exit(0 if ok else 1)
 
 
