@@ -71,6 +71,9 @@ class BrokerSecurity:
     users: Mapping[str, str] | None = None
     acl: str | None = None
     tls: bool = False
+    # With tls: every client must present a certificate the throw-away CA signed (BrokerHandle.client_certificate),
+    # and its common name becomes its username (for the ACL); no password is asked.
+    client_certificates: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,12 @@ class BrokerHandle:
     port: int
     kind: str
     ca_file: Path | None = None
+
+    def client_certificate(self, name: str) -> tuple[Path, Path]:
+        """A client certificate with common name ``name`` and its key, signed by this broker's throw-away CA."""
+        if self.ca_file is None:
+            raise ValueError("this broker has no TLS, so no CA to sign a client certificate")
+        return _client_certificate(self.ca_file.parent, name)
 
     def url_for(self, username: str, password: str) -> str:
         """This broker's URL with a login in it: ``mqtt[s]://user:password@127.0.0.1:port``."""
@@ -217,6 +226,10 @@ def secure_config(workdir: Path, security: BrokerSecurity) -> tuple[str, Path | 
     if security.tls:
         ca_file, cert, key = _certificates(workdir)
         lines += [f"cafile {ca_file}\n", f"certfile {cert}\n", f"keyfile {key}\n"]
+        if security.client_certificates:
+            lines += ["require_certificate true\n", "use_identity_as_username true\n"]
+            if security.users is None:
+                lines = [line for line in lines if line != _OPEN] + ["allow_anonymous false\n"]
     return "".join(lines), ca_file
 
 
@@ -265,6 +278,26 @@ def _certificates(workdir: Path) -> tuple[Path, Path, Path]:
     sign = "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2"
     _run_tool([openssl, *sign.split(), "-extfile", "server.ext"], tls)
     return tls / "ca.crt", tls / "server.crt", tls / "server.key"
+
+
+_CLIENT_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+"""
+
+
+def _client_certificate(tls: Path, name: str) -> tuple[Path, Path]:
+    """``<name>.crt`` and ``<name>.key`` in the CA's directory, signed by the throw-away CA (openssl CLI)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise ValueError(f"client certificate name {name!r}: use 1-64 of [A-Za-z0-9_-]")
+    openssl = _tool("openssl", "a client certificate")
+    (tls / "client.ext").write_text(_CLIENT_EXTENSIONS, encoding="utf-8")
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    _run_tool([openssl, *f"req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}".split()], tls)
+    sign = f"x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2"
+    _run_tool([openssl, *sign.split(), "-extfile", "client.ext"], tls)
+    return tls / f"{name}.crt", tls / f"{name}.key"
 
 
 def _stop(proc: subprocess.Popen[str], pump: _OutputPump) -> None:

@@ -34,7 +34,7 @@ def run(config: ConfigOption = None) -> None:
     try:
         settings = load_settings(config)
         configure_logging(settings.log_level, settings.log_format)
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, reload=lambda: load_settings(config)))
     except* ConfigError as group:
         typer.echo(f"node-agent: {group.exceptions[0]}", err=True)
         raise typer.Exit(2) from None
@@ -110,6 +110,8 @@ def schema() -> None:
 
 def main() -> None:
     from node_agent.client.cli import register
+    from node_agent.ops.cli import register as register_ops
 
     register(app)
+    register_ops(app)
     app()

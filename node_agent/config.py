@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from node_agent.errors import ConfigError
@@ -52,6 +53,28 @@ def parse_broker_urls(value: str) -> list[BrokerAddress]:
     return addresses
 
 
+def read_password_file(path: Path) -> str:
+    """The password: the file's first line, without its line ending (blocking; read once at start)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the broker password file {path}: {exc}") from exc
+    if not lines or not lines[0]:
+        raise ConfigError(f"the broker password file {path} is empty: put the password on its first line")
+    return lines[0]
+
+
+def with_login(addresses: list[BrokerAddress], username: str | None, password_file: Path | None) -> list[BrokerAddress]:
+    """Give every address without a login of its own ``username`` and the password in ``password_file``."""
+    if username is None:
+        return addresses
+    password = read_password_file(password_file) if password_file is not None else None
+    return [
+        address if address.username is not None else replace(address, username=username, password=password)
+        for address in addresses
+    ]
+
+
 class AgentSettings(BaseSettings):
     """Resolved once at start and passed down; the environment wins over the TOML file."""
 
@@ -69,12 +92,21 @@ class AgentSettings(BaseSettings):
     disk_free_threshold_bytes: int = Field(default=1 << 30, ge=0)
     disk_free_probe_file: Path | None = None
     tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    broker_username: str | None = Field(default=None, min_length=1, max_length=256)
+    broker_password_file: Path | None = None
     heartbeat_interval: timedelta = timedelta(seconds=30)
     shutdown_grace: timedelta = timedelta(seconds=10)
-    tasks_on_stop: Literal["keep", "handback"] = "keep"  # ADR 0009: keep = left to their supervisors, adopted
+    tasks_on_stop: Literal["keep", "handback"] = "keep"  # ADR 0011: keep = left to their supervisors, adopted
     job_wait: timedelta = timedelta(seconds=10)
+    start_task: dict[str, Any] | None = None  # a StartTask (JSON in the variable, a table in TOML); checked at start
+    allow_reboot: bool = False
+    reboot_command: str = "systemctl reboot"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("broker_url")
     @classmethod
@@ -82,10 +114,45 @@ class AgentSettings(BaseSettings):
         parse_broker_urls(value)
         return value
 
-    @field_validator("root", "state_dir", "boot_id_file", "disk_free_probe_file", "tls_ca_file")
+    @field_validator(
+        "root",
+        "state_dir",
+        "boot_id_file",
+        "disk_free_probe_file",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "broker_password_file",
+    )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.absolute() if value is not None else None
+
+    @field_validator("reboot_command")
+    @classmethod
+    def _splittable(cls, value: str) -> str:
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into words: {exc}") from None
+        if not words:
+            raise ValueError("must name a program")
+        return value
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", "broker_password_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _login_and_certificate_pairs(self) -> AgentSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.broker_password_file is not None and self.broker_username is None:
+            raise ValueError("broker_password_file needs broker_username")
+        return self
 
     @field_validator("retention_sweep_interval")
     @classmethod
@@ -96,7 +163,8 @@ class AgentSettings(BaseSettings):
 
     @property
     def brokers(self) -> list[BrokerAddress]:
-        return parse_broker_urls(self.broker_url)
+        """The broker URLs, with broker_username and the password file's first line where a URL has no login."""
+        return with_login(parse_broker_urls(self.broker_url), self.broker_username, self.broker_password_file)
 
     @property
     def resolved_state_dir(self) -> Path:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,6 +123,21 @@ def agent_env(
     return env
 
 
+def make_searchable(folder: Path) -> None:
+    """Let task users (other users than root) reach a node root made under the temporary directory.
+
+    Temporary directories (pytest's, ``tempfile``'s) are 0700; an agent running as root refuses a node root task
+    users cannot reach. Only directories inside the temporary directory that we own get o+x (never a listing).
+    """
+    temp = Path(tempfile.gettempdir()).resolve()
+    for directory in (folder.resolve(), *folder.resolve().parents):
+        if directory == temp or not directory.is_relative_to(temp):
+            break
+        info = directory.stat()
+        if info.st_uid == os.geteuid() and not info.st_mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
+
+
 def make_agent(
     broker_url: str,
     prefix: str,
@@ -134,6 +151,7 @@ def make_agent(
     node_id = f"node{number}"
     folder = base / node_id
     folder.mkdir(parents=True, exist_ok=True)
+    make_searchable(folder)
     agent = LocalAgent(node_id, folder, agent_env(broker_url, prefix, node_id, folder, task_slots, extra))
     agent.set_boot_id("boot-1")
     return agent

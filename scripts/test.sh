@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Installs what the tests need (the mosquitto broker, a virtual environment with the project and its
-# test extras) and runs the whole suite. Extra arguments go to pytest. Fails on any failed test and when
-# no test was collected.
+# Installs what the tests need (the mosquitto broker, systemd-analyze, podman for the container tests, a
+# virtual environment with the project and its test extras) and runs the whole suite. Extra arguments go
+# to pytest. Fails on any failed test and when no test was collected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"   # Debian installs mosquitto in /usr/sbin
 
-if ! command -v mosquitto >/dev/null; then
+# mosquitto for the brokers; systemd-analyze (package systemd) to verify the unit; podman, runc and
+# debootstrap for the container tests (tests/containers, docs/testing.md), which build their base image.
+missing=()
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+    $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -6,16 +6,54 @@ The broker, the client and the pool are the plugin's ``mqtt_broker``, ``batch_cl
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from node_agent.brokers import BrokerHandle
 from node_agent.client.pool import BatchClient, CommandError
+from node_agent.localpool import make_searchable
 from node_agent.testing.nodes import FakeNode, NodePool, wait_ready
 from tests.raw_mqtt import RawMqtt
 
+_BASETEMP_PARENT = pytest.StashKey[Path]()
+
 __all__ = ["count_lines", "restart", "wait_ready"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, temporary directories live in a directory of this run that other users may search (0711).
+
+    pytest's own /tmp/pytest-of-root is 0700, and every pytest session on the machine sets it back to 0700, so
+    task users (tasks run as them when the agent is root) could not reach node roots or tmp_path below it.
+    """
+    if os.geteuid() != 0 or config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    parent = Path(tempfile.mkdtemp(prefix="node-agent-tests-"))
+    parent.chmod(0o711)
+    config.option.basetemp = str(parent / "basetemp")
+    config.stash[_BASETEMP_PARENT] = parent
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    parent = config.stash.get(_BASETEMP_PARENT, None)
+    if parent is not None:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _tmp_path_open_to_task_users(request: pytest.FixtureRequest) -> None:
+    """As root, tasks run as unprivileged task users: a test's tmp_path (where tasks leave pid files and the
+    like) is made reachable and writable for them, as /tmp is (sticky bit)."""
+    if os.geteuid() != 0 or "tmp_path" not in request.fixturenames:
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    make_searchable(tmp_path)
+    tmp_path.chmod(0o1777)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ class Fifo:
     def __init__(self, path: Path) -> None:
         self.path = path
         os.mkfifo(path)
+        os.chmod(path, 0o666)  # the task writing into it runs as a task user, not as the test's user
         self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
 
     async def read_line(self, timeout_s: float = TIMEOUT_S) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,6 +14,8 @@ from node_agent import faults
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessTracker
 from node_agent.errors import TaskFailure
+from node_agent.identity.ownership import prepare_task_dir
+from node_agent.identity.users import TASK_UMASK, RunAs, TaskUsers, UserKind, UserRequest
 from node_agent.runner.environment import task_environment
 from node_agent.runner.process import ExitResult, ProcessSpec, run_process
 from node_agent.runner.supervised import Supervision, adopt, run_supervised
@@ -43,10 +43,14 @@ class AttemptPlan:
     env: dict[str, str]
     max_wall_clock: timedelta | None
     max_task_retry_count: int  # -1: no limit
+    job_id: str = ""
+    task_id: str = ""
+    named_by_settings: frozenset[str] = frozenset()  # variables the job or task set: never overridden
     resource_files: Sequence[ResourceFile] = ()
-    user_identity: UserIdentity | None = None
+    user: UserRequest = UserRequest()
+    users: TaskUsers | None = None  # None: run as the agent's own user (tests of the runner alone)
     tracker: ProcessTracker | None = None
-    supervision: Supervision | None = None  # run under a shim that outlives the agent (ADR 0009)
+    supervision: Supervision | None = None  # run under a shim that outlives the agent (ADR 0011)
 
 
 Definition = TaskSpec | JobPreparationTask | JobReleaseTask
@@ -61,6 +65,7 @@ def plan_for(
     retries: int,
     tracker: ProcessTracker | None = None,
     supervision: Supervision | None = None,
+    users: TaskUsers | None = None,
 ) -> AttemptPlan:
     """The plan of one of the job's tasks: its directory, and its environment in Azure Batch's order."""
     prep = job.job_preparation_task
@@ -71,11 +76,27 @@ def plan_for(
         env=task_environment(variables, _pairs(job.common_environment_settings), _pairs(task.environment_settings)),
         max_wall_clock=max_wall_clock,
         max_task_retry_count=retries,
+        job_id=job.id,
+        task_id=task.id,
+        named_by_settings=frozenset(s.name for s in (*job.common_environment_settings, *task.environment_settings)),
         resource_files=task.resource_files,
-        user_identity=task.user_identity,
+        user=user_request(task.user_identity),
+        users=users,
         tracker=tracker,
         supervision=supervision,
     )
+
+
+def user_request(identity: UserIdentity | None) -> UserRequest:
+    """The wire's userIdentity as the identity module's request (none: Azure's pool-scope nonadmin auto-user)."""
+    if identity is None:
+        return UserRequest()
+    if identity.user_name is not None:
+        return UserRequest(UserKind.NAMED, identity.user_name)
+    auto = identity.auto_user
+    if auto is not None and auto.elevation_level == "admin":
+        return UserRequest(UserKind.ADMIN)
+    return UserRequest(UserKind.TASK if auto is not None and auto.scope == "task" else UserKind.POOL)
 
 
 def _pairs(settings: Sequence[EnvironmentSetting]) -> list[tuple[str, str]]:
@@ -93,10 +114,6 @@ class Outcome:
     failure_info: FailureInfo | None = None
 
 
-def _agent_user() -> str:
-    return pwd.getpwuid(os.geteuid()).pw_name
-
-
 def check_supported(plan: AttemptPlan) -> None:
     """Refuse, with a clear failureInfo, what this agent cannot honour yet (never ignore it silently)."""
     if plan.resource_files:
@@ -104,23 +121,24 @@ def check_supported(plan: AttemptPlan) -> None:
             "ResourceFilesNotSupported",
             "this agent version does not stage resourceFiles yet; remove them or upgrade the agent",
         )
-    identity = plan.user_identity
-    if identity is None:
-        return
-    is_root = os.geteuid() == 0
-    if identity.user_name is not None and identity.user_name != _agent_user():
-        raise TaskFailure(
-            "UserIdentityNotSupported",
-            f"userName {identity.user_name!r} is not supported yet; this agent runs tasks as {_agent_user()!r}",
-        )
-    auto = identity.auto_user
-    if auto is not None and (auto.elevation_level == "admin") != is_root:
-        where = "as root" if is_root else "unprivileged"
-        raise TaskFailure(
-            "UserIdentityNotSupported",
-            f"elevationLevel {auto.elevation_level!r} cannot be honoured: this agent runs {where} and does not "
-            "create task users yet",
-        )
+
+
+async def _run_as(plan: AttemptPlan) -> RunAs:
+    if plan.users is None:
+        return RunAs("", None, None, None)
+    return await plan.users.resolve(plan.user, plan.job_id, plan.task_id)
+
+
+def _user_environment(plan: AttemptPlan, run_as: RunAs, working_dir: Path) -> dict[str, str]:
+    """HOME, USER and LOGNAME of the account the task runs as (the agent's own when it does not switch)."""
+    if run_as.uid is None:
+        return plan.env
+    env = dict(plan.env)
+    if "TMPDIR" not in plan.named_by_settings:
+        env.pop("TMPDIR", None)  # the agent's temporary directory is not the task's
+    own = {"USER": run_as.name, "LOGNAME": run_as.name, "HOME": run_as.home or str(working_dir)}
+    env.update({name: value for name, value in own.items() if name not in plan.named_by_settings})
+    return env
 
 
 def _failure(exc: TaskFailure) -> FailureInfo:
@@ -196,16 +214,20 @@ async def run_to_end(
     outcome = resume.outcome if resume is not None and resume.outcome is not None else Outcome()
     try:
         check_supported(plan)
-        working_dir = plan.task_dir / "wd"
-        await asyncio.to_thread(working_dir.mkdir, parents=True, exist_ok=True)
+        run_as = await _run_as(plan)
         while True:
+            # Before every attempt: what the last attempt (or staging) left in the directory becomes the user's.
+            working_dir = await asyncio.to_thread(prepare_task_dir, plan.task_dir, run_as.uid, run_as.gid)
             spec = ProcessSpec(
                 command_line=plan.command_line,
                 cwd=working_dir,
-                env=plan.env,
+                env=_user_environment(plan, run_as, working_dir),
                 stdout=plan.task_dir / "stdout.txt",
                 stderr=plan.task_dir / "stderr.txt",
                 max_wall_clock=plan.max_wall_clock,
+                uid=run_as.uid,
+                gid=run_as.gid,
+                umask=TASK_UMASK,
             )
             result = await _attempt(plan, spec, kill, resume)
             faults.reached("task-exited")

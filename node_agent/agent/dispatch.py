@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import structlog
@@ -13,31 +14,54 @@ from node_agent import faults
 from node_agent.agent import files
 from node_agent.agent.jobs import JobManager
 from node_agent.agent.publisher import Publisher
+from node_agent.agent.reboot import Rebooter
+from node_agent.agent.scheduling import Scheduling
+from node_agent.agent.starttask import StartTaskRunner
 from node_agent.errors import InputError
 from node_agent.ids import ID_RULE, is_valid_id
+from node_agent.ops import metrics
 from node_agent.transport.mqtt import Ack
 from node_agent.wire.commands import (
     COMMANDS,
     AddTask,
     Command,
     DisableScheduling,
+    DrainNode,
     EnableScheduling,
     GetFile,
     ListFiles,
+    RebootNode,
+    ReimageNode,
     TerminateTask,
 )
-from node_agent.wire.specs import Job
+from node_agent.wire.specs import Job, Pool
 from node_agent.wire.topics import Topics
 
 log = structlog.get_logger(__name__)
+COMMAND_TYPES = frozenset(
+    ("addTask", "terminateTask", "listFiles", "getFile", "disableScheduling", "enableScheduling")
+)  # the metric's label values: anything else is counted as "invalid"
 
 
 class Dispatcher:
-    def __init__(self, manager: JobManager, publisher: Publisher, topics: Topics, node_id: str) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        publisher: Publisher,
+        topics: Topics,
+        *,
+        scheduling: Scheduling,
+        rebooter: Rebooter,
+        start_task: StartTaskRunner,
+    ) -> None:
         self.manager = manager
         self.publisher = publisher
         self.topics = topics
-        self.node_id = node_id
+        self.node_id = publisher.node_id
+        self.pool_id = publisher.pool_id
+        self.scheduling = scheduling
+        self.rebooter = rebooter
+        self.start_task = start_task
         self.root = manager.ctx.layout.root
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -61,7 +85,9 @@ class Dispatcher:
             return
         if levels is not None and len(levels) == 2 and levels[0] == "jobs":
             self._job_document(levels[1], payload)
-        ack()
+        elif levels == ["pools", self.pool_id]:
+            self._pool_document(payload)
+        ack()  # documents are retained: a new session receives them again anyway
 
     async def _acked(self, payload: bytes, ack: Ack) -> None:
         try:
@@ -69,6 +95,19 @@ class Dispatcher:
             await self.publisher.persisted()  # the reply is in the durable outbox before the broker forgets
         finally:
             ack()
+
+    def _pool_document(self, payload: bytes) -> None:
+        doc = None
+        if payload:
+            try:
+                doc = Pool.model_validate_json(payload)
+            except ValidationError as exc:
+                log.warning("pool.invalid_document", pool_id=self.pool_id, error=_first_error(exc))
+                return
+            if doc.id != self.pool_id:
+                log.warning("pool.id_mismatch", pool_id=self.pool_id, document_id=doc.id)
+                return
+        self.manager.ctx.group.create_task(self.start_task.on_pool_document(doc), name="pool-document")
 
     def _job_document(self, job_id: str, payload: bytes) -> None:
         if not is_valid_id(job_id):
@@ -88,13 +127,25 @@ class Dispatcher:
         self.manager.on_job_document(job_id, job)
 
     async def _command(self, payload: bytes) -> None:
+        started = time.monotonic()
         envelope = _envelope(payload)
+        is_ok = False
+        try:
+            is_ok = await self._answer(payload, envelope)
+        finally:
+            kind = envelope.get("type")
+            kind = kind if isinstance(kind, str) and kind in COMMAND_TYPES else "invalid"  # any JSON may be here
+            outcome = "ok" if is_ok else "error"
+            metrics.command_duration.labels(kind, outcome).observe(time.monotonic() - started)
+
+    async def _answer(self, payload: bytes, envelope: dict[str, Any]) -> bool:
+        """Execute one command and reply; True when it succeeded."""
         request_id = envelope.get("requestId") if isinstance(envelope.get("requestId"), str) else None
         reply_to = self._reply_topic(envelope.get("replyTo"))
         if envelope.get("replyTo") is not None and reply_to is None:
             message = f"replyTo must be {self.topics.replies('{clientId}')} with a valid clientId; nothing was done"
             self._refuse(None, request_id, "InvalidCommand", message)
-            return
+            return False
         try:
             command = COMMANDS.validate_json(payload)
             result = await self._execute(command, request_id)
@@ -111,6 +162,8 @@ class Dispatcher:
         else:
             if reply_to is not None and request_id is not None:
                 self.publisher.reply(reply_to, request_id, result)
+            return True
+        return False
 
     def _reply_topic(self, reply_to: Any) -> str | None:
         """Replies go only to a client's replies topic under our prefix, so no command can make the agent
@@ -142,12 +195,20 @@ class Dispatcher:
                 return await files.list_files(self.root, path, recursive)
             case GetFile(path=path, offset=offset, length=length):
                 return await files.get_file(self.root, path, offset, length)
-            case DisableScheduling():
-                self.manager.set_scheduling(enabled=False)
-                return {"schedulingState": "disabled"}
+        return await self._execute_node_command(command)
+
+    async def _execute_node_command(self, command: Command) -> Any:
+        match command:
+            case DisableScheduling(node_disable_scheduling_option=option):
+                return await self.scheduling.disable(option)
             case EnableScheduling():
-                self.manager.set_scheduling(enabled=True)
-                return {"schedulingState": "enabled"}
+                return await self.scheduling.enable()
+            case DrainNode():
+                return await self.scheduling.drain()
+            case RebootNode(node_reboot_option=option):
+                return await self.rebooter.request("reboot", option)
+            case ReimageNode(node_reimage_option=option):
+                return await self.rebooter.request("reimage", option)
         raise InputError("InvalidCommand", f"unknown command type {command.type!r}")
 
 

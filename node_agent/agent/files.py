@@ -16,13 +16,17 @@ from node_agent.errors import InputError
 from node_agent.wire.commands import FileProperties, NodeFile
 
 LIST_LIMIT = 10_000
+NAME_MAX = 255  # Linux: the longest file name
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
     """The real path of ``relative`` under ``root``; refuses anything that would leave it."""
     pure = PurePosixPath(relative)
+    shown = relative if len(relative) <= 200 else relative[:200] + "..."
     if pure.is_absolute() or ".." in pure.parts or "\x00" in relative:
-        raise InputError("PathNotAllowed", f"path {relative!r} must be relative to the node root, without '..'")
+        raise InputError("PathNotAllowed", f"path {shown!r} must be relative to the node root, without '..'")
+    if any(len(part.encode(errors="surrogateescape")) > NAME_MAX for part in pure.parts):
+        raise InputError("FileNotFound", f"path {shown!r} has a component longer than {NAME_MAX} bytes")
     real_root = root.resolve()
     try:
         target = (real_root / pure).resolve()
@@ -49,7 +53,11 @@ def _node_file(root: Path, path: Path) -> dict[str, Any]:
 def _list(root: Path, relative: str, recursive: bool) -> list[dict[str, Any]]:
     real_root = root.resolve()
     start = resolve_inside(root, relative)
-    if not start.is_dir():
+    try:
+        is_dir = start.is_dir()
+    except OSError:  # e.g. ENAMETOOLONG, EACCES on the way
+        is_dir = False
+    if not is_dir:
         raise InputError("FileNotFound", f"directory {relative!r} does not exist on this node")
     found: list[dict[str, Any]] = []
     for current, dirs, files in os.walk(start, followlinks=False):
@@ -96,8 +104,10 @@ async def get_file(root: Path, relative: str, offset: int, length: int) -> dict[
     fd = await asyncio.to_thread(_open_regular, root, relative)
     async with aiofiles.open(fd, "rb") as handle:
         size = os.fstat(fd).st_size
-        await handle.seek(offset)
-        data = await handle.read(length)
+        data = b""
+        if offset < size:  # past the end there is nothing to read (and a huge offset cannot even be sought)
+            await handle.seek(offset)
+            data = await handle.read(length)
     return {
         "contentLength": size,
         "offset": offset,

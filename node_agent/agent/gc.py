@@ -10,6 +10,7 @@ from node_agent.agent.recovery import load_jobs
 from node_agent.agent.runs import NodeJob
 from node_agent.agent.sweeper import is_busy, is_job_ended, removal_parts
 from node_agent.config import AgentSettings
+from node_agent.identity.users import TaskUsers
 from node_agent.retention.deadlines import Deadline, DeadlineBook
 from node_agent.retention.pressure import Candidate, FreeSpaceProbe, pressure_order, relieve
 from node_agent.retention.removal import remove_below, usage_below
@@ -44,6 +45,7 @@ class _Collector:
         self.result = Collection(threshold_bytes=settings.disk_free_threshold_bytes, dry_run=dry_run)
         self.probe = FreeSpaceProbe(settings.root, settings.disk_free_probe_file)
         self.simulated_free: int | None = None
+        self.users = TaskUsers(settings.node_id, settings.pool_id)
 
     async def take(self, deadline: Deadline, reason: RemovalReason) -> bool:
         if is_busy(self.jobs, deadline) or any(item.deadline.key == deadline.key for item in self.result.items):
@@ -57,6 +59,7 @@ class _Collector:
             size, error = (removal.bytes_freed if removal.existed else None), removal.error
             if removal.complete:
                 await self.book.drop(deadline.key)
+                await self.users.remove_task_users(deadline.job_id, deadline.task_id)  # as the agent does
         if size is None:
             return False  # already gone: nothing to show
         ended = is_job_ended(self.jobs, deadline.job_id)

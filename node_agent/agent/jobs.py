@@ -1,10 +1,11 @@
 """The job lifecycle on this node: accepting tasks, running them in slots after preparation, ending jobs.
 
-Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask; what a stop or restart does: ADR 0001, 0009):
+Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask; what a stop or restart does: ADR 0001, 0011):
 
     addTask --> active --slot--> preparing --prep ok--> running --exit--> completed
                   |                  +-- prep failed (waitForSuccess) --> handed back (JobPreparationTaskFailed)
                   +-- terminateTask / job end --> completed (TaskEnded)
+                  +-- requeue (disableScheduling, reboot, reimage) --> handed back (agent/scheduling.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 
 from node_agent import faults
 from node_agent.agent import handedback
+from node_agent.agent.admission import HAND_BACK_MESSAGES, Admission
 from node_agent.agent.attempts import AttemptPlan, Outcome, Resume, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
@@ -26,9 +28,10 @@ from node_agent.agent.publisher import Publisher
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.agent.supervisors import Supervisors
 from node_agent.errors import InputError
+from node_agent.identity.users import TaskUsers
 from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
 from node_agent.store.records import RecordStore
-from node_agent.wire.base import utcnow
+from node_agent.wire.base import add_capped, utcnow
 from node_agent.wire.specs import DEFAULT_RETENTION, Job, JobState, TaskSpec
 from node_agent.wire.status import FailureInfo, NodeInfo, Task, TaskExecutionInfo, TaskResult, TaskState
 
@@ -46,6 +49,7 @@ class NodeContext:
     processes: ProcessRegistry
     deadlines: DeadlineBook
     supervisors: Supervisors
+    users: TaskUsers
 
 
 class JobManager:
@@ -59,17 +63,16 @@ class JobManager:
         self.slots = asyncio.Semaphore(task_slots)
         self.job_wait_s = job_wait_s
         self.accepting = True
-        self.scheduling_enabled = True
+        self.admission = Admission()  # scheduling state, start task, reboot: see agent/admission.py
         self.subtasks = Subtasks(self)
 
     @property
     def running_count(self) -> int:
         return sum(run.is_running for job in self.jobs.values() for run in job.tasks.values())
 
-    def set_scheduling(self, *, enabled: bool) -> None:
-        """disableScheduling lets running and waiting tasks finish and refuses new ones (taskcompletion)."""
-        self.scheduling_enabled = enabled
-        self.ctx.on_load_change()
+    def unfinished(self) -> list[TaskRun]:
+        """Every task this node holds that has not completed (waiting, preparing or running)."""
+        return [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
 
     def job(self, job_id: str) -> NodeJob:
         return self.jobs.setdefault(job_id, NodeJob(id=job_id))
@@ -118,8 +121,7 @@ class JobManager:
     def _check_accepting(self) -> None:
         if not self.accepting:
             raise InputError("NodeShuttingDown", "the agent is stopping; place the task on another node")
-        if not self.scheduling_enabled:
-            raise InputError("NodeSchedulingDisabled", "scheduling is disabled on this node; use another node")
+        self.admission.check()
 
     async def _job_document(self, job: NodeJob) -> Job:
         try:
@@ -186,7 +188,7 @@ class JobManager:
             task_id=task_id,
             kind=kind,
             completed_at=completed_at,
-            deadline=(counting_from or completed_at) + (retention if retention is not None else DEFAULT_RETENTION),
+            deadline=add_capped(counting_from or completed_at, DEFAULT_RETENTION if retention is None else retention),
             directory=str(layout.task_dir(job_id, task_id).relative_to(layout.root)),
         )
         await self.ctx.deadlines.schedule(deadline, keep_existing=keep_existing)
@@ -199,10 +201,11 @@ class JobManager:
         self.ctx.on_load_change()
 
     async def _work(self, job: NodeJob, run: TaskRun, resume: Resume | None = None) -> None:
+        structlog.contextvars.bind_contextvars(job_id=run.job_id, task_id=run.task.id)  # this asyncio task's only
         try:
             await self._run_in_slot(job, run, resume)
         except Exception as exc:  # a node fault (disk, permissions) fails this task, never the agent
-            log.exception("task.agent_error", job_id=run.job_id, task_id=run.task.id)
+            log.exception("task.agent_error")
             if not run.is_finished:
                 failure = FailureInfo(category="servererror", code="AgentError", message=f"the agent failed: {exc}")
                 outcome = Outcome(end_time=utcnow(), result=TaskResult.FAILURE, failure_info=failure)
@@ -217,7 +220,8 @@ class JobManager:
             outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run), resume)
             # Still holding the slot: the next task must not be seen running before this one completed.
             if run.requeue_code is not None:
-                await self.hand_back(run, run.requeue_code, "the agent stopped while the task ran")
+                message = HAND_BACK_MESSAGES.get(run.requeue_code, "the task was stopped on this node")
+                await self.hand_back(run, run.requeue_code, message)
                 return
             await asyncio.shield(self._complete(run, outcome))
 
@@ -237,10 +241,11 @@ class JobManager:
         elif prep is not None:
             self.subtasks.start_preparation(job)
         await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
-        # Recorded running before the supervisor starts (ADR 0009), published once the process runs.
+        # Recorded running before the supervisor starts (ADR 0011), published once the process runs.
         now = utcnow()
         run.update(state=TaskState.RUNNING, state_transition_time=now, execution_info=TaskExecutionInfo(start_time=now))
         await asyncio.shield(self._save_task(run))
+        log.info("task.started")
         return True
 
     def _publish_running(self, run: TaskRun) -> None:  # a retry is published by the retry reporter instead
@@ -262,6 +267,7 @@ class JobManager:
             retries=constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, run.task.id),
             supervision=self.ctx.supervisors.supervision(job.id, run.task.id),
+            users=self.ctx.users,
         )
 
     def _retry_reporter(self, run: TaskRun) -> Callable[[Outcome], None]:
@@ -294,13 +300,9 @@ class JobManager:
         await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
         await self.ctx.supervisors.forget(run.job_id, run.task.id)
         await self.publish_result(run)
-        log.info(
-            "task.completed",
-            job_id=run.job_id,
-            task_id=run.task.id,
-            exit_code=outcome.exit_code,
-            result=str(outcome.result),
-        )
+        event = "task.succeeded" if outcome.result == TaskResult.SUCCESS else "task.failed"
+        code = outcome.failure_info.code if outcome.failure_info is not None else None
+        log.info(event, job_id=run.job_id, task_id=run.task.id, exit_code=outcome.exit_code, code=code)
 
     async def publish_result(self, run: TaskRun) -> None:
         """Publish a completed task, then mark its record published (else recovery publishes it again)."""
@@ -330,6 +332,19 @@ class JobManager:
         log.info("task.handed_back", job_id=run.job_id, task_id=run.task.id, code=code)
 
     # -- ending ------------------------------------------------------------------------------------------
+
+    async def requeue(self, run: TaskRun, code: str) -> None:
+        """Hand a waiting or running task back now (a running one is killed first) and wait until it is."""
+        if run.is_finished or run.worker is None:
+            return
+        if not run.is_running:
+            await _cancel(run.worker)
+            if not run.is_finished and not run.is_running:
+                await self.hand_back(run, code, HAND_BACK_MESSAGES.get(code, "the task was stopped on this node"))
+            return
+        run.requeue_code = code
+        run.kill.set()
+        await asyncio.wait({run.worker})
 
     async def terminate_task(self, job_id: str, task_id: str) -> Task:
         job = self.jobs.get(job_id)
@@ -370,9 +385,9 @@ class JobManager:
             self.subtasks.end_job(job, deleting=doc.state == JobState.DELETING)
 
     async def shutdown(self, grace_s: float, *, keep_running: bool = False) -> None:
-        """SIGTERM: nothing new, waiting tasks handed back, running ones kept (ADR 0009) or handed back."""
+        """SIGTERM: nothing new, waiting tasks handed back, running ones kept (ADR 0011) or handed back."""
         self.accepting = False
-        runs = [run for job in self.jobs.values() for run in job.tasks.values() if not run.is_finished]
+        runs = self.unfinished()
         for run in runs:
             if not run.is_running and run.worker is not None:
                 await _cancel(run.worker)

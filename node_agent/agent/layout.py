@@ -38,6 +38,20 @@ class NodeLayout:
         self.shared.mkdir(exist_ok=True)
         os.chmod(self.shared, 0o1777)  # writable by every task user, like /tmp
 
+    def startup_variables(self) -> dict[str, str]:
+        """The AZ_BATCH_* variables of the pool's start task (Azure Batch: no job, the startup directory)."""
+        return {
+            "AZ_BATCH_NODE_ID": self.node_id,
+            "AZ_BATCH_POOL_ID": self.pool_id,
+            "AZ_BATCH_NODE_ROOT_DIR": str(self.root),
+            "AZ_BATCH_NODE_SHARED_DIR": str(self.shared),
+            "AZ_BATCH_NODE_STARTUP_DIR": str(self.startup),
+            "AZ_BATCH_NODE_STARTUP_WORKING_DIR": str(self.startup / "wd"),
+            "AZ_BATCH_NODE_IS_DEDICATED": "true",
+            "AZ_BATCH_TASK_DIR": str(self.startup),
+            "AZ_BATCH_TASK_WORKING_DIR": str(self.startup / "wd"),
+        }
+
     def batch_variables(self, job_id: str, task_id: str, prep_task_id: str | None) -> dict[str, str]:
         """The AZ_BATCH_* variables of an Azure Batch Linux node for one task of one job."""
         task_dir = self.task_dir(job_id, task_id)

@@ -6,35 +6,49 @@ import asyncio
 import os
 from collections.abc import Callable
 from datetime import datetime
+from typing import Literal
 
 import psutil
 
 from node_agent import __version__
 from node_agent.agent.publisher import Publisher
+from node_agent.ops.figures import NodeFigures
 from node_agent.wire.base import utcnow
-from node_agent.wire.status import NodeState, NodeStateName
+from node_agent.wire.status import NodeState, NodeStateName, StartTaskInformation, TaskUserMode
 
 
 class NodeStateReporter:
     def __init__(
-        self, publisher: Publisher, free_disk: Callable[[], int | None], task_slots: int, boot_id: str
+        self,
+        publisher: Publisher,
+        free_disk: Callable[[], int | None],
+        task_slots: int,
+        boot_id: str,
+        figures: Callable[[], NodeFigures] | None = None,
+        task_user_mode: TaskUserMode = "agentUser",
     ) -> None:
+        self.task_user_mode: TaskUserMode = task_user_mode
         self.publisher = publisher
         self._free_disk = free_disk  # blocking: FreeSpaceProbe.measure
+        self._figures = figures  # blocking: ops.figures.measure_node (CPU, memory and disk totals)
+        self.figures: NodeFigures | None = None
         self.task_slots = task_slots
         self.boot_id = boot_id
-        self._last: tuple[NodeStateName, int, str] | None = None
+        self._last: tuple[object, ...] | None = None
         self._since: datetime = utcnow()
         self.running = 0
-        self.scheduling = "enabled"
+        self.scheduling: Literal["enabled", "disabled"] = "enabled"
+        self.operation: NodeStateName | None = None  # rebooting or reimaging (agent/reboot.py)
+        self.start_task: NodeStateName | None = None  # waitingforstarttask or starttaskfailed (agent/starttask.py)
+        self.start_task_info: StartTaskInformation | None = None
         self.free_disk: int | None = None
         self.free_memory: int | None = None
         self.is_low_on_disk = False
 
     def build(self, name: NodeStateName | None = None) -> NodeState:
         now = utcnow()
-        name = name or (NodeStateName.RUNNING if self.running else NodeStateName.IDLE)
-        key = (name, self.running, self.scheduling)
+        name = name or self._name()
+        key = self._key(name)
         if key[0] != (self._last or key)[0]:
             self._since = now
         self._last = key
@@ -48,19 +62,33 @@ class NodeStateReporter:
             agent_version=__version__,
             boot_id=self.boot_id,
             is_privileged=os.geteuid() == 0,
+            task_user_mode=self.task_user_mode,
             state_transition_time=self._since,
             last_heartbeat=now,
             free_disk_bytes=self.free_disk,
             free_memory_bytes=self.free_memory,
+            total_memory_bytes=self.figures.memory_total_bytes if self.figures else None,
+            total_disk_bytes=self.figures.disk_total_bytes if self.figures else None,
+            cpu_percent=self.figures.cpu_percent if self.figures else None,
             is_low_on_disk=self.is_low_on_disk,
+            start_task_info=self.start_task_info,
         )
 
-    def update(self, running: int, scheduling: str) -> None:
-        """Publish when what a scheduler sees (state, running count, scheduling) changed."""
-        previous = self._last
-        self.running, self.scheduling = running, scheduling
-        name = NodeStateName.RUNNING if running else NodeStateName.IDLE
-        if previous != (name, running, scheduling):
+    def _name(self) -> NodeStateName:
+        if self.operation is not None:
+            return self.operation
+        if self.start_task is not None:
+            return self.start_task
+        return NodeStateName.RUNNING if self.running else NodeStateName.IDLE
+
+    def _key(self, name: NodeStateName) -> tuple[object, ...]:
+        return (name, self.running, self.scheduling, self.start_task_info)
+
+    def update(self, running: int | None = None) -> None:
+        """Publish when what a scheduler sees (state, running count, scheduling, start task) changed."""
+        if running is not None:
+            self.running = running
+        if self._last != self._key(self._name()):
             self.publisher.node_state(self.build())
 
     def set_disk(self, free: int | None, *, is_low: bool) -> None:
@@ -85,4 +113,7 @@ class NodeStateReporter:
                 pass
 
     def _measure(self) -> tuple[int | None, int | None]:
+        if self._figures is not None:
+            self.figures = self._figures()
+            return self._free_disk(), self.figures.memory_available_bytes
         return self._free_disk(), psutil.virtual_memory().available

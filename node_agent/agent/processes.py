@@ -63,7 +63,7 @@ class ProcessRegistry:
 
     async def kill_orphans(self, spare: set[int] | frozenset[int] = frozenset()) -> int:
         """Kill every recorded process that still runs (same pid and start time), then forget them all;
-        ``spare`` are the adopted supervisors and their tasks (ADR 0009)."""
+        ``spare`` are the adopted supervisors and their tasks (ADR 0011)."""
         killed = await asyncio.to_thread(self._kill_orphans, spare)
         await self.store.delete_tree(("processes",))
         if killed:

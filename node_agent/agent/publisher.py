@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from node_agent.ops import metrics
 from node_agent.transport.mqtt import MqttTransport
 from node_agent.wire.base import utcnow
 from node_agent.wire.commands import ErrorInfo, Reply
@@ -34,6 +35,9 @@ class Publisher:
     def task(self, job_id: str, task: Task, *, code: str | None = None, message: str | None = None) -> None:
         """Retained task state plus an event; a ``code`` marks a hand-back (the task left this node)."""
         self._transport.publish(self._topics.task(job_id, task.id), task.to_json(), retain=True)
+        info = task.execution_info
+        ran = (info.end_time - info.start_time).total_seconds() if info.end_time and info.start_time else None
+        metrics.task_book.task(job_id, task.id, None if code else task.state, info.result, ran)
         self._event(
             "taskHandedBack" if code else "taskStateChanged",
             at=task.state_transition_time,  # a copy published again after a crash is byte-identical
@@ -53,15 +57,21 @@ class Publisher:
         """A task directory this node removed (retention or disk pressure)."""
         self._event("taskDirectoryRemoved", job_id=job_id, task_id=task_id, reason=reason, bytes_freed=bytes_freed)
 
+    def node_event(self, kind: EventType, message: str) -> None:
+        """An event about the node itself (nodeRebooted, nodeReimaged)."""
+        self._event(kind, message=message)
+
     def _event(self, kind: EventType, at: datetime | None = None, **fields: Any) -> None:
         event = Event(type=kind, time=at or utcnow(), node_id=self.node_id, **fields)
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 
     def clear_task(self, job_id: str, task_id: str) -> None:
+        metrics.task_book.task(job_id, task_id, None)
         self._transport.publish(self._topics.task(job_id, task_id), b"", retain=True)
 
     def job_node(self, job_id: str, info: JobPreparationAndReleaseTaskExecutionInformation | None) -> None:
         payload = info.to_json() if info is not None else b""
+        _count_subtasks(job_id, info)
         self._transport.publish(self._topics.job_node(job_id, self.node_id), payload, retain=True)
 
     def node_state(self, state: NodeState) -> None:
@@ -78,3 +88,13 @@ class Publisher:
     def error(self, reply_to: str, request_id: str, code: str, message: str) -> None:
         reply = Reply(request_id=request_id, ok=False, error=ErrorInfo(code=code, message=message))
         self._transport.publish(reply_to, reply.to_json())
+
+
+def _count_subtasks(job_id: str, info: JobPreparationAndReleaseTaskExecutionInformation | None) -> None:
+    if info is None:
+        metrics.task_book.forget_job(job_id)
+        return
+    prep, release = info.job_preparation_task_execution_info, info.job_release_task_execution_info
+    for kind, sub in (("preparation", prep), ("release", release)):
+        if sub is not None and sub.end_time is not None:
+            metrics.task_book.subtask_ended(kind, job_id, sub.start_time, sub.end_time, sub.result)

@@ -85,10 +85,12 @@ class Subtasks:
         return Resume(outcome=Outcome(start_time=info.start_time, retry_count=retries), adopt=True, detach=detach)
 
     async def _prepare(self, job: NodeJob, adopt: bool = False) -> bool:
+        assert job.doc is not None and job.doc.job_preparation_task is not None
+        structlog.contextvars.bind_contextvars(job_id=job.id, task_id=job.doc.job_preparation_task.id)  # this task's
         try:
             return await self._run_preparation(job, adopt)
         except Exception:  # a node fault fails the preparation (its tasks are handed back), not the agent
-            log.exception("prep.agent_error", job_id=job.id)
+            log.exception("prep.agent_error")
             return False
 
     async def _run_preparation(self, job: NodeJob, adopt: bool) -> bool:
@@ -103,7 +105,7 @@ class Subtasks:
             job.prep_blocked = False
             await self._record(job, job.prep)
             faults.reached("prep-started")
-        log.info("prep.started", job_id=job.id, adopted=adopt)
+        log.info("prep.started", adopted=adopt)
         plan = plan_for(
             self.ctx.layout,
             job.doc,
@@ -112,6 +114,7 @@ class Subtasks:
             retries=spec.constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, spec.id),
             supervision=self.ctx.supervisors.supervision(job.id, spec.id),
+            users=self.ctx.users,
         )
         resume = self._resume(job.prep, adopt)
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o), resume)
@@ -130,7 +133,7 @@ class Subtasks:
         job.prep_blocked = not succeeded and spec.wait_for_success
         await self._record(job, job.prep)
         await self.ctx.supervisors.forget(job.id, spec.id)
-        log.info("prep.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
+        log.info("prep.succeeded" if succeeded else "prep.failed", exit_code=outcome.exit_code, code=_code(outcome))
         if job.prep_blocked:
             await self._hand_back_waiting(job)
         return succeeded
@@ -179,10 +182,11 @@ class Subtasks:
             job.ending = self.ctx.group.create_task(self._finish(job), name=f"end-{job.id}")
 
     async def _finish(self, job: NodeJob) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id)  # bound in this asyncio task's context only
         try:
             await self._end_tasks_and_release(job)
         except Exception:  # a node fault must not stop the agent; the job's end is retried on restart
-            log.exception("job.end_failed", job_id=job.id)
+            log.exception("job.end_failed")
 
     async def _end_tasks_and_release(self, job: NodeJob) -> None:
         for run in list(job.tasks.values()):
@@ -239,7 +243,7 @@ class Subtasks:
             )
             await self._record(job, job.release)
             faults.reached("release-started")
-        log.info("release.started", job_id=job.id, adopted=adopt)
+        log.info("release.started", task_id=spec.id, adopted=adopt)
         plan = plan_for(
             self.ctx.layout,
             job.doc,
@@ -248,6 +252,7 @@ class Subtasks:
             retries=0,
             tracker=self.ctx.processes.track(job.id, spec.id),
             supervision=self.ctx.supervisors.supervision(job.id, spec.id),
+            users=self.ctx.users,
         )
         outcome = await run_to_end(plan, asyncio.Event(), resume=self._resume(job.release, adopt))
         job.release = JobReleaseTaskExecutionInformation(
@@ -261,7 +266,8 @@ class Subtasks:
         )
         await self._record(job, job.release)
         await self.ctx.supervisors.forget(job.id, spec.id)
-        log.info("release.completed", job_id=job.id, exit_code=outcome.exit_code, result=str(outcome.result))
+        event = "release.succeeded" if outcome.result == TaskResult.SUCCESS else "release.failed"
+        log.info(event, task_id=spec.id, exit_code=outcome.exit_code, code=_code(outcome))
 
     async def _delete(self, job: NodeJob) -> None:
         """Deleting a job removes all its directories and records here, whatever their retention."""
@@ -271,6 +277,8 @@ class Subtasks:
         )
         if not removal.complete:
             log.warning("job.removal_incomplete", job_id=job.id, error=removal.error)
+        else:
+            await self.ctx.users.remove_task_users(job.id)  # the task-scope users go with the job's files
         await asyncio.shield(self.ctx.deadlines.drop_job(job.id))
         await asyncio.shield(self.ctx.supervisors.forget_job(job.id))
         await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
@@ -295,3 +303,7 @@ class Subtasks:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+def _code(outcome: Outcome) -> str | None:
+    return outcome.failure_info.code if outcome.failure_info is not None else None

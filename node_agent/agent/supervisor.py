@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
+import ssl
+from collections.abc import Callable
+from functools import partial
 
 import structlog
 
@@ -16,11 +20,19 @@ from node_agent.agent.layout import NodeLayout
 from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
+from node_agent.agent.reboot import Rebooter, report_completed, settle
 from node_agent.agent.recovery import end_vanished_jobs, recover
+from node_agent.agent.scheduling import Scheduling
+from node_agent.agent.starttask import StartTaskRunner, configured_start_task
 from node_agent.agent.supervisors import Supervisors
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
 from node_agent.errors import ConfigError, StoreCorrupt
+from node_agent.identity.ownership import unreachable_ancestor
+from node_agent.identity.users import TaskUsers, UserMode
+from node_agent.ops import health, metrics, sdnotify
+from node_agent.ops.figures import measure_node
+from node_agent.ops.reload import reload_settings
 from node_agent.retention.deadlines import DeadlineBook
 from node_agent.retention.pressure import FreeSpaceProbe
 from node_agent.retention.removal import is_symlink_safe
@@ -29,7 +41,7 @@ from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
 from node_agent.transport.mqtt import Ack, MqttTransport, Outgoing, SessionOptions
 from node_agent.transport.outbox import OUTBOX_FILE, OutboxStore
-from node_agent.wire.status import NodeStateName
+from node_agent.wire.status import NodeStateName, TaskUserMode
 from node_agent.wire.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -57,7 +69,14 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
         raise ConfigError(f"state_dir {state_dir} must be outside the node root {settings.root}: tasks can read it")
     if not is_symlink_safe():
         raise ConfigError("this platform's shutil.rmtree may follow symbolic links; the agent needs Linux")
+    blocked = unreachable_ancestor(settings.root) if os.geteuid() == 0 else None
+    if blocked is not None:
+        raise ConfigError(
+            f"task users cannot reach the node root {settings.root}: {blocked} is not searchable by other users "
+            "(give it o+x, e.g. chmod 711, or put the root elsewhere)"
+        )
     try:
+        os.umask(0o022)  # the directories the agent makes are traversable by task users; their contents are not
         layout.create()
         state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
@@ -66,48 +85,95 @@ def _prepare_disk(settings: AgentSettings, layout: NodeLayout) -> int:
         raise ConfigError(f"cannot create the node directories: {exc}") from exc
 
 
-async def serve(settings: AgentSettings, stopping: asyncio.Event | None = None) -> None:
-    """Run the agent until SIGTERM/SIGINT (or ``stopping``); returns after a clean stop."""
+async def serve(
+    settings: AgentSettings,
+    stopping: asyncio.Event | None = None,
+    reload: Callable[[], AgentSettings] | None = None,
+) -> None:
+    """Run the agent until SIGTERM/SIGINT (or ``stopping``); returns after a clean stop.
+
+    ``reload`` reads the configuration again on SIGHUP (``ops/reload.py`` says what is applied)."""
+    structlog.contextvars.bind_contextvars(node_id=settings.node_id)  # first: signal handlers copy the context
     stopping = stopping or asyncio.Event()
     install_signal_handlers(stopping)
     layout = NodeLayout(settings.root, settings.node_id, settings.pool_id)
     lock = await asyncio.to_thread(_prepare_disk, settings, layout)
+    server = _metrics_server(settings)
     try:
-        await _serve(settings, stopping, layout)
+        await _serve(settings, stopping, layout, reload)
     finally:
+        with contextlib.suppress(RuntimeError):  # no loop handler was installed (no reload, or start-up failed)
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if server is not None:
+            await asyncio.to_thread(server.close)
         os.close(lock)
 
 
-async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeLayout) -> None:
+def _metrics_server(settings: AgentSettings) -> metrics.MetricsServer | None:
+    if settings.metrics_port is None:
+        return None
+    try:
+        return metrics.MetricsServer(settings.metrics_host, settings.metrics_port, settings.root)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
+
+
+async def _serve(
+    settings: AgentSettings, stopping: asyncio.Event, layout: NodeLayout, reload: Callable[[], AgentSettings] | None
+) -> None:
     boot_id = await asyncio.to_thread(read_boot_id, settings.boot_id_file)
     topics = Topics(settings.topic_prefix)
     transport_stop = asyncio.Event()
     transport = _transport(settings, topics)
     publisher = Publisher(transport, topics, settings.node_id, settings.pool_id)
     disk = DiskPolicy(FreeSpaceProbe(settings.root, settings.disk_free_probe_file), settings.disk_free_threshold_bytes)
-    reporter = NodeStateReporter(publisher, disk.probe.measure, settings.task_slots, boot_id)
+    users = TaskUsers(settings.node_id, settings.pool_id)
+    mode: TaskUserMode = "taskUsers" if users.mode == UserMode.TASK_USERS else "agentUser"
+    figures = partial(measure_node, settings.root)
+    reporter = NodeStateReporter(
+        publisher, disk.probe.measure, settings.task_slots, boot_id, figures=figures, task_user_mode=mode
+    )
     # The last will: the broker publishes this retained "offline" state if the agent vanishes.
     transport.options.will = Outgoing(
         topics.node_state(settings.node_id), reporter.build(NodeStateName.OFFLINE).to_json(), retain=True
     )
+    configured_start_task(settings.start_task)  # a bad setting stops the agent here (exit 2)
+    store = RecordStore(settings.resolved_state_dir)
+    completed, pending = await settle(store, layout.root, boot_id)
+    if completed is not None:
+        await asyncio.to_thread(layout.create)  # a reimage emptied the root
     async with asyncio.TaskGroup() as group:
         manager: JobManager | None = None
+        scheduling: Scheduling | None = None
 
         def load_changed() -> None:
             if manager is not None:
-                reporter.update(manager.running_count, "enabled" if manager.scheduling_enabled else "disabled")
+                reporter.update(manager.running_count)
+                sdnotify.notify(f"STATUS={_status(manager, reporter)}")
+            if scheduling is not None:
+                scheduling.on_load_change()
 
-        store = RecordStore(settings.resolved_state_dir)
         await _open_outbox(transport)
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
         supervisors = Supervisors(settings.resolved_state_dir, boot_id)
-        ctx = NodeContext(layout, store, publisher, boot_id, group, load_changed, processes, deadlines, supervisors)
+        ctx = NodeContext(
+            layout, store, publisher, boot_id, group, load_changed, processes, deadlines, supervisors, users
+        )
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
+        scheduling, rebooter, starter = await _node_lifecycle(settings, manager, reporter, transport, stopping)
+        if pending is not None:
+            rebooter.resume(pending)  # asked for in this boot and not done: carry on
+        else:
+            starter.start()
+        if completed is not None:
+            report_completed(publisher, completed)
         sweeper = Sweeper(manager, deadlines, disk, reporter)
-        dispatcher = Dispatcher(manager, publisher, topics, settings.node_id)
+        dispatcher = Dispatcher(
+            manager, publisher, topics, scheduling=scheduling, rebooter=rebooter, start_task=starter
+        )
         transport.on_message = dispatcher.on_message
 
         first_connect = True
@@ -118,13 +184,28 @@ async def _serve(settings: AgentSettings, stopping: asyncio.Event, layout: NodeL
             if first_connect:  # the retained job documents are on their way: jobs deleted meanwhile have none
                 first_connect = False
                 group.create_task(end_vanished_jobs(manager, settings.job_wait.total_seconds()), name="vanished")
+            metrics.broker_connects.inc()
+            if transport_sessions:
+                metrics.broker_reconnects.inc()
+            transport_sessions.append(None)
+            sdnotify.notify("READY=1", f"STATUS={_status(manager, reporter)}")  # subscribed: commands reach us now
 
+        transport_sessions: list[None] = []
         transport.on_connected = on_connected
         group.create_task(transport.run(transport_stop), name="mqtt")
         group.create_task(reporter.heartbeat(settings.heartbeat_interval.total_seconds(), stopping), name="heartbeat")
         group.create_task(sweeper.run(settings.retention_sweep_interval.total_seconds(), stopping), name="retention")
-        _log_started(settings, boot_id)
+
+        def snapshot() -> dict[str, object]:
+            return {"connected": transport.connected.is_set()}
+
+        _service_loops(settings, stopping, group, snapshot, partial(_status, manager, reporter))
+        if reload is not None:
+            _on_sighup(settings, reload, group)
+        _log_started(settings, boot_id, users)
         await stopping.wait()
+        sdnotify.notify("STOPPING=1", "STATUS=stopping: handing back or finishing running tasks")
+        await starter.stop()
         await manager.shutdown(settings.shutdown_grace.total_seconds(), keep_running=settings.tasks_on_stop == "keep")
         await dispatcher.close()
         reporter.publish(NodeStateName.OFFLINE)
@@ -144,7 +225,66 @@ async def _open_outbox(transport: MqttTransport) -> None:
         log.info("outbox.recovered", messages=left)
 
 
-def _log_started(settings: AgentSettings, boot_id: str) -> None:
+async def _node_lifecycle(
+    settings: AgentSettings,
+    manager: JobManager,
+    reporter: NodeStateReporter,
+    transport: MqttTransport,
+    stopping: asyncio.Event,
+) -> tuple[Scheduling, Rebooter, StartTaskRunner]:
+    """The scheduling state, reboot/reimage and the start task, each read back from the store."""
+    scheduling = Scheduling(manager, reporter)
+    await scheduling.load()
+    rebooter = Rebooter(
+        manager,
+        scheduling,
+        reporter,
+        allowed=settings.allow_reboot,
+        command=settings.reboot_command,
+        flush=lambda: transport.flush(timeout_s=5),
+        stopping=stopping,
+    )
+    starter = StartTaskRunner(manager, reporter, configured_start_task(settings.start_task))
+    await starter.load()
+    return scheduling, rebooter, starter
+
+
+def _on_sighup(settings: AgentSettings, load: Callable[[], AgentSettings], group: asyncio.TaskGroup) -> None:
+    in_force = [settings]
+
+    async def reload() -> None:
+        in_force[0] = await reload_settings(in_force[0], load)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: group.create_task(reload(), name="reload"))
+
+
+def _status(manager: JobManager, reporter: NodeStateReporter) -> str:
+    return f"{manager.running_count} tasks running, scheduling {reporter.scheduling}"
+
+
+def _service_loops(
+    settings: AgentSettings,
+    stopping: asyncio.Event,
+    group: asyncio.TaskGroup,
+    snapshot: Callable[[], dict[str, object]],
+    status: Callable[[], str],
+) -> None:
+    """The liveness file (for ``node-agent health``) and, under systemd with WatchdogSec, the watchdog pings."""
+    interval_s = min(settings.heartbeat_interval.total_seconds(), 15.0)
+    path = settings.resolved_state_dir / health.HEALTH_NAME
+    group.create_task(health.beat(path, interval_s, stopping, snapshot), name="health")
+    if (watchdog_s := sdnotify.watchdog_interval_s()) is not None:
+        group.create_task(sdnotify.keep_alive(watchdog_s, stopping, status), name="watchdog")
+
+
+def _log_started(settings: AgentSettings, boot_id: str, users: TaskUsers) -> None:
+    if users.mode == UserMode.AGENT_USER:
+        log.warning(
+            "agent.development_mode",
+            user=users.agent_user,
+            reason="the agent is not root: every task runs as the agent's own user, no task users are created, "
+            "and userIdentity requests for admin, a task-scope user or another userName fail",
+        )
     log.info(
         "agent.started",
         node_id=settings.node_id,
@@ -154,22 +294,32 @@ def _log_started(settings: AgentSettings, boot_id: str) -> None:
         task_slots=settings.task_slots,
         boot_id=boot_id,
         privileged=os.geteuid() == 0,
+        task_user_mode=str(users.mode),
     )
 
 
 def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
+    options = SessionOptions(
+        identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
+        persistent=True,
+        will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
+        tls_ca_file=settings.tls_ca_file,
+        tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file,
+        manual_ack=True,  # PROTOCOL.md: a command is acknowledged to the broker once applied or stored
+    )
+    brokers = settings.brokers
+    if any(broker.tls for broker in brokers):
+        try:
+            options.tls_context()  # a bad certificate or key stops the agent now, not at every reconnect
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot set up TLS with tls_ca_file/tls_cert_file/tls_key_file: {exc}") from exc
     return MqttTransport(
-        brokers=settings.brokers,
-        options=SessionOptions(
-            identifier=f"node-agent/{settings.topic_prefix}/{settings.node_id}",
-            persistent=True,
-            will=Outgoing(topics.node_state(settings.node_id), b"", retain=True),
-            tls_ca_file=settings.tls_ca_file,
-            manual_ack=True,  # PROTOCOL.md: a command is acknowledged to the broker once applied or stored
-        ),
+        brokers=brokers,
+        options=options,
         on_message=_not_ready,
         durable=OutboxStore(settings.resolved_state_dir / OUTBOX_FILE),
-        subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id)),
+        subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id), topics.pool(settings.pool_id)),
     )
 
 

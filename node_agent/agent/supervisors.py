@@ -3,7 +3,7 @@
 Each task, preparation and release runs under its own supervisor process (``runner/shim.py``), with its
 files in ``state_dir/supervised/<jobId>/<taskId>/``. At start-up, before any orphan is killed, ``scan()``
 finds the folders an agent of this boot left: a shim still running, or one that recorded an exit status, is
-adopted (its pids are spared); anything else is lost and its folder removed (ADR 0006, ADR 0009).
+adopted (its pids are spared); anything else is lost and its folder removed (ADR 0006, ADR 0011).
 """
 
 from __future__ import annotations

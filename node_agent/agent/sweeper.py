@@ -128,6 +128,7 @@ class Sweeper:
             log.warning("retention.removal_incomplete", **fields, bytes_freed=removal.bytes_freed, error=removal.error)
             return removal.bytes_freed > 0
         await asyncio.shield(self.book.drop(deadline.key))
+        await self.manager.ctx.users.remove_task_users(deadline.job_id, deadline.task_id)  # a task-scope user
         if not removal.existed:
             log.debug("retention.already_gone", **fields)
             return False

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from node_agent.client.pool import BatchClient, CommandError
+from node_agent.config import read_password_file
+from node_agent.errors import ConfigError
 from node_agent.log import configure_logging
 from node_agent.wire.specs import Job, JobPreparationTask, JobReleaseTask, TaskSpec
 
@@ -30,12 +32,11 @@ PrefixOption = Annotated[str, typer.Option("--prefix", envvar="NODE_AGENT_TOPIC_
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
-def _run(broker: str, prefix: str, action: Callable[[BatchClient], Awaitable[T]]) -> T:
+def run_client(broker: str, prefix: str, action: Callable[[BatchClient], Awaitable[T]]) -> T:
     configure_logging("warning", "console")  # logs go to stderr: stdout carries the command's output
 
     async def main() -> T:
-        ca_file = os.environ.get("NODE_AGENT_TLS_CA_FILE") or None  # the agent's setting, for mqtts:// brokers
-        async with BatchClient(broker, topic_prefix=prefix, command_timeout_s=10, tls_ca_file=ca_file) as client:
+        async with BatchClient(broker, topic_prefix=prefix, command_timeout_s=10, **_security()) as client:
             return await action(client)
 
     try:
@@ -43,12 +44,24 @@ def _run(broker: str, prefix: str, action: Callable[[BatchClient], Awaitable[T]]
     except CommandError as exc:
         err.print(f"[red]error[/red] {exc.node_id}: {exc.code}: {exc.message}")
         raise typer.Exit(1) from None
-    except (KeyError, TimeoutError, ConnectionError) as exc:
+    except (KeyError, TimeoutError, ConnectionError, ConfigError) as exc:
         err.print(f"[red]error[/red] {str(exc) or type(exc).__name__}")
         raise typer.Exit(1) from None
 
 
-def _print_json(value: Any) -> None:
+def _security() -> dict[str, Any]:
+    """The agent's TLS and login settings, read from the same NODE_AGENT_* variables (files, never values)."""
+    env = {name: os.environ.get(f"NODE_AGENT_{name.upper()}") or None for name in _SECURITY}
+    password_file = env.pop("broker_password_file")
+    username = env.pop("broker_username")
+    password = read_password_file(Path(password_file)) if password_file and username else None
+    return {**env, "username": username, "password": password}
+
+
+_SECURITY = ("tls_ca_file", "tls_cert_file", "tls_key_file", "broker_username", "broker_password_file")
+
+
+def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
@@ -74,7 +87,7 @@ def job_create(
             job_preparation_task=JobPreparationTask(command_line=prep) if prep else None,
             job_release_task=JobReleaseTask(command_line=release) if release else None,
         )
-    _print_json(_dump(_run(broker, prefix, lambda c: c.create_job(job))))
+    print_json(_dump(run_client(broker, prefix, lambda c: c.create_job(job))))
 
 
 @job_app.command("show")
@@ -87,19 +100,19 @@ def job_show(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixO
             raise KeyError(f"job {job_id!r} not found")
         return _dump(job)
 
-    _print_json(_run(broker, prefix, show))
+    print_json(run_client(broker, prefix, show))
 
 
 @job_app.command("terminate")
 def job_terminate(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch") -> None:
     """Terminate a job: tasks end, release tasks run; returns once it is completed."""
-    _print_json(_dump(_run(broker, prefix, lambda c: c.terminate_job(job_id))))
+    print_json(_dump(run_client(broker, prefix, lambda c: c.terminate_job(job_id))))
 
 
 @job_app.command("delete")
 def job_delete(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch") -> None:
     """Delete a job: like terminate, then every node removes its files."""
-    _run(broker, prefix, lambda c: c.delete_job(job_id))
+    run_client(broker, prefix, lambda c: c.delete_job(job_id))
 
 
 @job_app.command("prep-release-status")
@@ -109,7 +122,7 @@ def job_prep_release_status(job_id: str, broker: BrokerOption = DEFAULT_BROKER, 
     async def status(client: BatchClient) -> Any:
         return [_dump(info) for info in client.prep_release_status(job_id)]
 
-    _print_json(_run(broker, prefix, status))
+    print_json(run_client(broker, prefix, status))
 
 
 @task_app.command("add")
@@ -123,7 +136,7 @@ def task_add(
 ) -> None:
     """Add a task to a job."""
     spec = TaskSpec(id=task_id, command_line=command_line)
-    _print_json(_dump(_run(broker, prefix, lambda c: c.add_task(job_id, spec, node_id=node))))
+    print_json(_dump(run_client(broker, prefix, lambda c: c.add_task(job_id, spec, node_id=node))))
 
 
 @task_app.command("list")
@@ -134,7 +147,7 @@ def task_list(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: Prefix
         return client.list_tasks(job_id)
 
     table = Table("task", "state", "node", "exit code", "result")
-    for task in _run(broker, prefix, tasks):
+    for task in run_client(broker, prefix, tasks):
         info = task.execution_info
         node = task.node_info.node_id if task.node_info else ""
         table.add_row(
@@ -147,30 +160,10 @@ def task_list(job_id: str, broker: BrokerOption = DEFAULT_BROKER, prefix: Prefix
     Console().print(table)
 
 
-def nodes(broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch") -> None:
-    """List the pool's nodes from their retained states."""
-
-    async def states(client: BatchClient) -> Any:
-        return client.list_nodes()
-
-    table = Table("node", "state", "scheduling", "slots", "running", "boot id", "last heartbeat")
-    for state in _run(broker, prefix, states):
-        table.add_row(
-            state.node_id,
-            state.state,
-            state.scheduling_state,
-            str(state.task_slots),
-            str(state.running_task_slots_count),
-            state.boot_id[:12],
-            state.last_heartbeat.isoformat(),
-        )
-    Console().print(table)
-
-
 @files_app.command("get")
 def files_get(node_id: str, path: str, broker: BrokerOption = DEFAULT_BROKER, prefix: PrefixOption = "batch") -> None:
     """Print a file of a node (path relative to the node root)."""
-    data = _run(broker, prefix, lambda c: c.get_file(node_id, path))
+    data = run_client(broker, prefix, lambda c: c.get_file(node_id, path))
     sys.stdout.buffer.write(data)
 
 
@@ -183,7 +176,7 @@ def files_list(
     prefix: PrefixOption = "batch",
 ) -> None:
     """List files of a node (path relative to the node root)."""
-    _print_json(_run(broker, prefix, lambda c: c.list_files(node_id, path, recursive=recursive)))
+    print_json(run_client(broker, prefix, lambda c: c.list_files(node_id, path, recursive=recursive)))
 
 
 def demo(
@@ -207,8 +200,10 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
+    from node_agent.client import node_cli  # it builds on this module's helpers
+
+    node_cli.register(app)
     app.add_typer(job_app, name="job")
     app.add_typer(task_app, name="task")
     app.add_typer(files_app, name="files")
-    app.command("nodes")(nodes)
     app.command("demo")(demo)

@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, Self, TypeVar
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from node_agent.client.nodes import NodeOperations
 from node_agent.client.view import NoNodeAvailable, PoolView
 from node_agent.config import parse_broker_urls
 from node_agent.transport.mqtt import Ack, MqttTransport, SessionOptions
@@ -37,7 +39,15 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 # Refusals after which the task is tried on another node instead of failing the add.
-RETRY_ELSEWHERE = {"NodeSchedulingDisabled", "JobPreparationTaskFailed", "NodeShuttingDown"}
+RETRY_ELSEWHERE = {
+    "NodeSchedulingDisabled",
+    "JobPreparationTaskFailed",
+    "NodeShuttingDown",
+    "StartTaskNotCompleted",
+    "StartTaskFailed",
+    "NodeRebooting",
+    "NodeReimaging",
+}
 
 
 class CommandError(Exception):
@@ -60,12 +70,19 @@ class BatchClient:
         topic_prefix: str = "batch",
         command_timeout_s: float = 30,
         tls_ca_file: str | Path | None = None,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
-        """``tls_ca_file``: for an ``mqtts://`` URL, the CA certificate(s) to trust instead of the system's."""
+        """``tls_ca_file``: for an ``mqtts://`` URL, the CA certificate(s) to trust instead of the system's;
+        ``tls_cert_file`` and ``tls_key_file``: a client certificate and its key to present. ``username`` and
+        ``password``: the login for every broker URL that does not carry one (keeps the password out of URLs)."""
         self.topics = Topics(topic_prefix)
         self.client_id = "c" + uuid.uuid4().hex[:20]
         self.command_timeout_s = command_timeout_s
         self.view = PoolView()
+        self.nodes = NodeOperations(self)
         self.on_event: Callable[[Event], None] | None = None
         self._changed = asyncio.Condition()
         self._replies: dict[str, asyncio.Future[Reply]] = {}
@@ -75,11 +92,18 @@ class BatchClient:
         self._background: set[asyncio.Task[Any]] = set()
         prefix = self.topics.prefix
         self._transport = MqttTransport(
-            brokers=parse_broker_urls(broker_url),
+            brokers=[
+                address
+                if address.username is not None or username is None
+                else replace(address, username=username, password=password)
+                for address in parse_broker_urls(broker_url)
+            ],
             options=SessionOptions(
                 identifier=f"node-agent-client-{self.client_id}",
                 persistent=False,
                 tls_ca_file=Path(tls_ca_file) if tls_ca_file is not None else None,
+                tls_cert_file=Path(tls_cert_file) if tls_cert_file is not None else None,
+                tls_key_file=Path(tls_key_file) if tls_key_file is not None else None,
             ),
             on_message=self._on_message,
             subscriptions=(
@@ -89,6 +113,7 @@ class BatchClient:
                 f"{prefix}/jobs/+",
                 f"{prefix}/jobs/+/tasks/+",
                 f"{prefix}/jobs/+/nodes/+",
+                f"{prefix}/pools/+",
             ),
         )
         self._runner: asyncio.Task[None] | None = None
@@ -188,15 +213,16 @@ class BatchClient:
 
     # -- commands ----------------------------------------------------------------------------------------
 
-    async def command(self, node_id: str, body: dict[str, Any]) -> Any:
-        """Send one command to a node and return the result of its reply (CommandError on an error reply)."""
+    async def command(self, node_id: str, body: dict[str, Any], *, timeout_s: float | None = None) -> Any:
+        """Send one command to a node and return the result of its reply (CommandError on an error reply);
+        ``timeout_s`` defaults to the client's ``command_timeout_s``."""
         request_id = uuid.uuid4().hex
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
         message = {**body, "requestId": request_id, "replyTo": self.topics.replies(self.client_id)}
         self._transport.publish(self.topics.node_commands(node_id), json.dumps(message).encode())
         try:
-            async with asyncio.timeout(self.command_timeout_s):
+            async with asyncio.timeout(timeout_s or self.command_timeout_s):
                 reply = await future
         finally:
             self._replies.pop(request_id, None)
@@ -214,7 +240,11 @@ class BatchClient:
 
     async def _publish_job(self, job: Job) -> None:
         self.view.jobs[job.id] = job
-        self._transport.publish(self.topics.job(job.id), job.to_json(), retain=True)
+        await self.publish_retained(self.topics.job(job.id), job.to_json())
+
+    async def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Publish a retained document (a job's, a pool's) and wait until the broker has it."""
+        self._transport.publish(topic, payload, retain=True)
         await self._transport.flush(timeout_s=self.command_timeout_s)
 
     async def terminate_job(self, job_id: str, reason: str = "UserTerminate", *, timeout_s: float = 120) -> Job:

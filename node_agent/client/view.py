@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from node_agent.ids import is_valid_id
-from node_agent.wire.specs import Job
+from node_agent.wire.specs import Job, Pool
 from node_agent.wire.status import (
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
@@ -35,6 +35,7 @@ class PoolView:
     jobs: dict[str, Job] = field(default_factory=dict)
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
     prep_release: dict[tuple[str, str], JobPreparationAndReleaseTaskExecutionInformation] = field(default_factory=dict)
+    pools: dict[str, Pool] = field(default_factory=dict)
 
     def apply(self, levels: list[str], payload: bytes) -> None:
         """Take one retained message (levels below the prefix); raises pydantic's ValidationError."""
@@ -43,6 +44,8 @@ class PoolView:
                 _store(self.nodes, node_id, NodeState, payload)
             case ["jobs", job_id]:
                 _store(self.jobs, job_id, Job, payload)
+            case ["pools", pool_id]:
+                _store(self.pools, pool_id, Pool, payload)
             case ["jobs", job_id, "tasks", task_id]:
                 _store(self.tasks, (job_id, task_id), Task, payload)
             case ["jobs", job_id, "nodes", node_id]:

@@ -15,6 +15,7 @@ import psutil
 import structlog
 
 from node_agent.errors import TaskFailure
+from node_agent.runner.outputs import identity_keywords, open_outputs
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +28,9 @@ class ProcessSpec:
     stdout: Path
     stderr: Path
     max_wall_clock: timedelta | None = None
+    uid: int | None = None  # None: the agent's own user; else also ``gid``, and supplementary groups are dropped
+    gid: int | None = None
+    umask: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +51,15 @@ def split_command_line(command_line: str) -> list[str]:
 
 
 def _open_outputs(spec: ProcessSpec) -> tuple[int, int]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    return os.open(spec.stdout, flags, 0o644), os.open(spec.stderr, flags, 0o644)
+    try:
+        return open_outputs(spec.stdout, spec.stderr, spec.uid, spec.gid)
+    except OSError as exc:
+        raise TaskFailure("CommandLaunchFailed", f"cannot open the task's output file: {exc}") from exc
+
+
+def _identity(spec: ProcessSpec) -> dict[str, object]:
+    """The keywords that switch the child to the task's user; none when it runs as the agent's user."""
+    return identity_keywords(spec.uid, spec.gid, spec.umask)
 
 
 async def _spawn(spec: ProcessSpec, argv: list[str]) -> asyncio.subprocess.Process:
@@ -62,9 +73,12 @@ async def _spawn(spec: ProcessSpec, argv: list[str]) -> asyncio.subprocess.Proce
             stdout=out_fd,
             stderr=err_fd,
             start_new_session=True,  # own process group: the tree can be killed as one
+            **_identity(spec),  # type: ignore[arg-type]
         )
     except FileNotFoundError as exc:
         raise TaskFailure("CommandProgramNotFound", f"program {argv[0]!r} was not found: {exc}") from exc
+    except PermissionError as exc:
+        raise TaskFailure("CommandLaunchFailed", f"program {argv[0]!r} could not start as its user: {exc}") from exc
     except OSError as exc:
         raise TaskFailure("CommandLaunchFailed", f"program {argv[0]!r} could not start: {exc}") from exc
     finally:

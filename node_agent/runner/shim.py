@@ -1,12 +1,15 @@
 """The per-task supervisor process: ``python -m node_agent.runner.shim DIR`` owns one task process.
 
 It outlives the agent (its own session, not the agent's child once the agent is gone): it starts the
-command that ``DIR/spec.json`` describes (after recording itself in ``DIR/shim.json``), records the child in
+command that ``DIR/spec.json`` describes (after recording itself in ``DIR/shim.json``) as the task's user
+(``uid``, ``gid``, no supplementary groups, ``umask``: the same switch and output-file rules as
+``runner/process.py``, from ``runner/outputs.py``), while the shim itself keeps the agent's identity, so that
+it can write in ``DIR`` (inside the agent's state directory, which tasks cannot reach); records the child in
 ``DIR/started.json``, kills the child's
 whole tree when the wall-clock deadline (absolute, so a new agent keeps the original start) passes or on
 SIGTERM, and writes ``DIR/status.json`` (``exitCode``, ``timedOut``, ``killed``, or ``launchError``)
 atomically before it exits. The agent, or the agent that replaces it, reads that file
-([ADR 0009](../../docs/adr/0009-task-supervisor.md)). Standard library and psutil only: it starts fast.
+([ADR 0011](../../docs/adr/0011-task-supervisor.md)). Standard library and psutil only: it starts fast.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from typing import Any
 
 import psutil
 
+from node_agent.runner.outputs import identity_keywords, open_outputs
+
 SPEC, SHIM, STARTED, STATUS = "spec.json", "shim.json", "started.json", "status.json"
+MAX_WAIT_S = 86400.0
 
 
 def write_atomic(path: Path, document: dict[str, Any]) -> None:
@@ -72,15 +78,14 @@ class Supervisor:
 
     def launch(self) -> subprocess.Popen[bytes] | None:
         spec = self.spec
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        uid, gid, umask = spec.get("uid"), spec.get("gid"), spec.get("umask")
         try:
-            out = os.open(spec["stdout"], flags, 0o644)
-            err = os.open(spec["stderr"], flags, 0o644)
+            out, err = open_outputs(spec["stdout"], spec["stderr"], uid, gid)
         except OSError as exc:
-            self.finish({"launchError": "CommandLaunchFailed", "message": f"cannot open the output files: {exc}"})
+            self.finish({"launchError": "CommandLaunchFailed", "message": f"cannot open the task's output file: {exc}"})
             return None
         try:
-            return subprocess.Popen(
+            child: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
                 spec["argv"],
                 cwd=spec["cwd"],
                 env=spec["env"],
@@ -88,10 +93,15 @@ class Supervisor:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # the child leads its own group: its whole tree can be killed as one
+                **identity_keywords(uid, gid, umask),  # the task's user; the shim stays the agent's
             )
+            return child
         except FileNotFoundError as exc:
             message = f"program {spec['argv'][0]!r} was not found: {exc}"
             self.finish({"launchError": "CommandProgramNotFound", "message": message})
+        except PermissionError as exc:
+            message = f"program {spec['argv'][0]!r} could not start as its user: {exc}"
+            self.finish({"launchError": "CommandLaunchFailed", "message": message})
         except OSError as exc:
             message = f"program {spec['argv'][0]!r} could not start: {exc}"
             self.finish({"launchError": "CommandLaunchFailed", "message": message})
@@ -128,7 +138,8 @@ class Supervisor:
         pidfd = os.pidfd_open(child.pid)
         try:
             while True:
-                left = None if deadline is None else max(0.0, deadline - time.time())
+                # At most a day per wait: select() cannot take a timeout past time_t (a limit of P99999999D).
+                left = None if deadline is None else min(max(0.0, deadline - time.time()), MAX_WAIT_S)
                 readable, _, _ = select.select([pidfd], [], [], left)  # a signal resumes the select (PEP 475)
                 if readable or self.killed:
                     return True

@@ -98,6 +98,10 @@ async def run_supervised(
         "stderr": str(spec.stderr),
         "deadline": time.time() + limit if limit is not None else None,
         "bootId": supervision.boot_id,
+        # The task's user (None: the agent's own); the shim switches only the child (runner/outputs.py).
+        "uid": spec.uid,
+        "gid": spec.gid,
+        "umask": spec.umask,
     }
     log_fd = await asyncio.to_thread(_prepare, supervision.folder, document)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)

@@ -22,6 +22,11 @@ from node_agent.runner.process import kill_tree
 from node_agent.testing.proxy import BrokerProxy
 
 READY_TIMEOUT_S = 20.0
+# A reboot command for NODE_AGENT_REBOOT_COMMAND: it writes a new boot id where the agent reads it and stops the
+# agent (its parent) with SIGTERM, as a real reboot would; FakeNode.rebooted() then starts the agent again.
+SIMULATED_REBOOT_COMMAND = (
+    """/bin/sh -c 'printf "rebooted-%s\\n" "$$" > "$NODE_AGENT_BOOT_ID_FILE" && kill -TERM "$PPID"'"""
+)
 LOG_TAIL_CHARS = 3000
 
 
@@ -119,10 +124,12 @@ class FakeNode:
     def boot_id(self) -> str:
         return f"boot-{self._boots}"
 
-    async def start(self) -> None:
-        """Start the process and wait until its retained state says idle, published by this run."""
+    async def start(self, *, ready: bool = True) -> None:
+        """Start the process and wait until its retained state says idle, published by this run (``ready=False``:
+        do not wait, for a node that is not to become idle, such as one whose start task fails)."""
         await self.agent.start()
-        await wait_ready(self._client, [self])
+        if ready:
+            await wait_ready(self._client, [self])
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM and wait for the exit status (SIGKILL after ``timeout_s``)."""
@@ -158,6 +165,17 @@ class FakeNode:
         self._boots += 1
         self.agent.set_boot_id(self.boot_id)
         await self.start()
+
+    async def rebooted(self, *, ready: bool = True, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """After the agent ran SIMULATED_REBOOT_COMMAND (a reboot or reimage it was asked for): wait until that
+        stopped it, then start it in a new boot (and, unless ``ready=False``, wait until it is idle)."""
+        process = self.agent.process
+        assert process is not None, "the agent was never started"
+        async with asyncio.timeout(timeout_s):
+            await process.wait()
+        self._boots += 1
+        self.agent.set_boot_id(self.boot_id)
+        await self.start(ready=ready)
 
     async def partition(self) -> None:
         """Cut the node off the broker: its connections close at both ends (the broker publishes its last will),
@@ -231,10 +249,12 @@ class NodePool:
         env: Mapping[str, str] | None = None,
         username: str | None = None,
         password: str | None = None,
+        ready: bool = True,
     ) -> list[FakeNode]:
         """Start ``n`` more nodes with ``task_slots`` each and extra NODE_AGENT_* settings; return once all are idle.
 
-        ``username`` and ``password`` are the login the agents give a broker with passwords.
+        ``username`` and ``password`` are the login the agents give a broker with passwords; with ``ready=False``
+        the nodes are started and not waited for.
         """
         tls = self.broker.ca_file is not None
         settings = {"NODE_AGENT_TLS_CA_FILE": str(self.broker.ca_file)} if tls else {}
@@ -254,7 +274,7 @@ class NodePool:
             node = FakeNode(agent, proxy, self.client)
             self.nodes.append(node)  # before it starts: a failed start is still torn down
             started.append(node)
-        await asyncio.gather(*(node.start() for node in started))
+        await asyncio.gather(*(node.start(ready=ready) for node in started))
         return started
 
     async def close(self) -> None:

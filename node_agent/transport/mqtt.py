@@ -50,6 +50,15 @@ class SessionOptions:
     backoff_max_s: float = 10.0
     tls_ca_file: Path | None = None  # for mqtts://: trust this CA file instead of the system's CA certificates
     manual_ack: bool = False  # PUBACK only when the handler calls ack(): a message lost in a crash is redelivered
+    tls_cert_file: Path | None = None  # for mqtts://: present this client certificate (PEM) ...
+    tls_key_file: Path | None = None  # ... with this private key (PEM, unencrypted)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context of an mqtts:// connection: the CA to trust and, if set, the client certificate."""
+        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        if self.tls_cert_file is not None:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
 
 
 @dataclass(slots=True)
@@ -200,7 +209,7 @@ class MqttTransport:
             password=broker.password,
             clean_session=not self.options.persistent,
             keepalive=self.options.keepalive_s,
-            tls_context=ssl.create_default_context(cafile=self.options.tls_ca_file) if broker.tls else None,
+            tls_context=self.options.tls_context() if broker.tls else None,
             will=aiomqtt.Will(will.topic, will.payload, qos=1, retain=will.retain) if will else None,
             socket_options=[NODELAY],
             timeout=10,

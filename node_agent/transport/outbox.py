@@ -3,7 +3,7 @@
 Every message the agent publishes is appended here before it is sent, and deleted once the broker has
 acknowledged it (PUBACK). An agent killed meanwhile sends what is left, in the same order, after it
 starts again; so a message may go out twice (the copy is byte-identical), never zero times
-([ADR 0008](../../docs/adr/0008-durable-outbox.md)).
+([ADR 0010](../../docs/adr/0010-durable-outbox.md)).
 
 All SQLite calls run on one worker thread of their own: the connection is never used from the event loop.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 
@@ -31,7 +31,25 @@ def iso_duration(value: timedelta) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
-Duration = Annotated[timedelta, PlainSerializer(iso_duration, return_type=str, when_used="json")]
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("a duration must not be negative: use an ISO 8601 duration such as PT15M")
+    return value
+
+
+def add_capped(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, or the latest datetime there is when that lies past year 9999 (a "never")."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
+Duration = Annotated[
+    timedelta, AfterValidator(_not_negative), PlainSerializer(iso_duration, return_type=str, when_used="json")
+]
 
 
 class WireModel(BaseModel):

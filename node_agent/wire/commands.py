@@ -11,6 +11,8 @@ from node_agent.wire.base import Timestamp, WireModel
 from node_agent.wire.specs import TaskSpec
 
 GET_FILE_MAX_LENGTH = 512 * 1024
+PATH_MAX_LENGTH = 4096  # Linux's PATH_MAX: a longer path names no file
+OFFSET_MAX = (1 << 63) - 1  # the largest file offset Linux has
 
 
 class CommandBase(WireModel):
@@ -32,27 +34,56 @@ class TerminateTask(CommandBase):
 
 class ListFiles(CommandBase):
     type: Literal["listFiles"]
-    path: str = ""
+    path: str = Field(default="", max_length=PATH_MAX_LENGTH)
     recursive: bool = False
 
 
 class GetFile(CommandBase):
     type: Literal["getFile"]
-    path: str = Field(min_length=1)
-    offset: int = Field(default=0, ge=0)
+    path: str = Field(min_length=1, max_length=PATH_MAX_LENGTH)
+    offset: int = Field(default=0, ge=0, le=OFFSET_MAX)
     length: int = Field(default=GET_FILE_MAX_LENGTH, ge=0, le=GET_FILE_MAX_LENGTH)
+
+
+SchedulingOption = Literal["requeue", "terminate", "taskcompletion"]
+RebootOption = Literal["requeue", "terminate", "taskcompletion", "retaineddata"]
 
 
 class DisableScheduling(CommandBase):
     type: Literal["disableScheduling"]
+    node_disable_scheduling_option: SchedulingOption = "requeue"  # Azure Batch's default
 
 
 class EnableScheduling(CommandBase):
     type: Literal["enableScheduling"]
 
 
+class DrainNode(CommandBase):
+    """Stop taking tasks (scheduling disabled, taskcompletion) and reply once none is left on the node."""
+
+    type: Literal["drain"]
+
+
+class RebootNode(CommandBase):
+    type: Literal["reboot"]
+    node_reboot_option: RebootOption = "requeue"
+
+
+class ReimageNode(CommandBase):
+    type: Literal["reimage"]
+    node_reimage_option: RebootOption = "requeue"
+
+
 Command = Annotated[
-    AddTask | TerminateTask | ListFiles | GetFile | DisableScheduling | EnableScheduling,
+    AddTask
+    | TerminateTask
+    | ListFiles
+    | GetFile
+    | DisableScheduling
+    | EnableScheduling
+    | DrainNode
+    | RebootNode
+    | ReimageNode,
     Field(discriminator="type"),
 ]
 COMMANDS: TypeAdapter[Command] = TypeAdapter(Command)

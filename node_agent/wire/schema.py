@@ -8,7 +8,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from node_agent.wire.commands import COMMANDS, Reply
-from node_agent.wire.specs import Job, TaskSpec
+from node_agent.wire.specs import Job, Pool, TaskSpec
 from node_agent.wire.status import Event, JobPreparationAndReleaseTaskExecutionInformation, NodeState, Task
 
 
@@ -18,6 +18,7 @@ def contract_schema() -> dict[str, Any]:
             (model, "validation")
             for model in (
                 Job,
+                Pool,
                 TaskSpec,
                 Task,
                 NodeState,

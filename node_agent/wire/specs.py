@@ -15,9 +15,12 @@ DEFAULT_RETENTION = timedelta(days=7)
 RELEASE_MAX_WALL_CLOCK = timedelta(minutes=15)
 
 
+NO_NUL = r"^[^\x00]*$"  # a NUL cannot be passed to a process (argv, environment): refused here, not at exec
+
+
 class EnvironmentSetting(WireModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    value: str = ""
+    value: str = Field(default="", pattern=NO_NUL)
 
 
 class ResourceFile(WireModel):
@@ -44,7 +47,8 @@ class AutoUserSpecification(WireModel):
 
 
 class UserIdentity(WireModel):
-    user_name: str | None = None
+    # An account name as Linux spells it; checked here so no odd byte reaches a lookup or a log line.
+    user_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
     auto_user: AutoUserSpecification | None = None
 
     @model_validator(mode="after")
@@ -62,7 +66,7 @@ class TaskConstraints(WireModel):
 
 class JobPreparationTask(WireModel):
     id: Id = "jobpreparation"
-    command_line: str = Field(min_length=1)
+    command_line: str = Field(min_length=1, pattern=NO_NUL)
     resource_files: list[ResourceFile] = []
     environment_settings: list[EnvironmentSetting] = []
     constraints: TaskConstraints = TaskConstraints()
@@ -73,7 +77,7 @@ class JobPreparationTask(WireModel):
 
 class JobReleaseTask(WireModel):
     id: Id = "jobrelease"
-    command_line: str = Field(min_length=1)
+    command_line: str = Field(min_length=1, pattern=NO_NUL)
     resource_files: list[ResourceFile] = []
     environment_settings: list[EnvironmentSetting] = []
     max_wall_clock_time: Duration = RELEASE_MAX_WALL_CLOCK
@@ -119,8 +123,26 @@ class TaskSpec(WireModel):
     """The add parameter of a task (CloudTask as a client submits it)."""
 
     id: Id
-    command_line: str = Field(min_length=1)
+    command_line: str = Field(min_length=1, pattern=NO_NUL)
     resource_files: list[ResourceFile] = []
     environment_settings: list[EnvironmentSetting] = []
     constraints: TaskConstraints = TaskConstraints()
     user_identity: UserIdentity | None = None
+
+
+class StartTask(WireModel):
+    """The pool's start task (Azure Batch StartTask): run on each node when it joins and after every reboot."""
+
+    command_line: str = Field(min_length=1)
+    resource_files: list[ResourceFile] = []
+    environment_settings: list[EnvironmentSetting] = []
+    user_identity: UserIdentity | None = None
+    max_task_retry_count: int = Field(default=0, ge=-1)
+    wait_for_success: bool = True
+
+
+class Pool(WireModel):
+    """The pool's document on P/pools/{poolId} (retained): what every node of the pool shares."""
+
+    id: Id
+    start_task: StartTask | None = None

@@ -95,6 +95,26 @@ class NodeStateName(StrEnum):
     RUNNING = "running"
     UNUSABLE = "unusable"
     OFFLINE = "offline"
+    WAITING_FOR_START_TASK = "waitingforstarttask"
+    START_TASK_FAILED = "starttaskfailed"
+    REBOOTING = "rebooting"
+    REIMAGING = "reimaging"
+
+
+class StartTaskInformation(WireModel):
+    """Azure Batch's startTaskInfo of a compute node: the start task's last run in this node's current boot."""
+
+    state: SubtaskState
+    start_time: Timestamp
+    end_time: Timestamp | None = None
+    exit_code: int | None = None
+    retry_count: int = 0
+    last_retry_time: Timestamp | None = None
+    result: TaskResult | None = None
+    failure_info: FailureInfo | None = None
+
+
+TaskUserMode = Literal["taskUsers", "agentUser"]
 
 
 class NodeState(WireModel):
@@ -107,11 +127,16 @@ class NodeState(WireModel):
     agent_version: str
     boot_id: str
     is_privileged: bool
+    task_user_mode: TaskUserMode = "agentUser"  # agentUser: development mode, every task runs as the agent's user
     state_transition_time: Timestamp
     last_heartbeat: Timestamp
     free_disk_bytes: int | None = None
     free_memory_bytes: int | None = None
+    total_memory_bytes: int | None = None
+    total_disk_bytes: int | None = None  # of the node root's file system
+    cpu_percent: float | None = None  # the whole node's CPU use since the previous heartbeat, percent of all CPUs
     is_low_on_disk: bool = False
+    start_task_info: StartTaskInformation | None = None
 
 
 EventType = Literal[
@@ -121,6 +146,8 @@ EventType = Literal[
     "jobPreparationTaskStateChanged",
     "jobReleaseTaskStateChanged",
     "taskDirectoryRemoved",
+    "nodeRebooted",
+    "nodeReimaged",
 ]
 RemovalReason = Literal["retention", "diskPressure"]
 

@@ -30,6 +30,9 @@ class Topics:
     def job_node(self, job_id: str, node_id: str) -> str:
         return f"{self.prefix}/jobs/{job_id}/nodes/{node_id}"
 
+    def pool(self, pool_id: str) -> str:
+        return f"{self.prefix}/pools/{pool_id}"
+
     @property
     def all_jobs(self) -> str:
         return f"{self.prefix}/jobs/+"

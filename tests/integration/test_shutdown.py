@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.client.pool import BatchClient
+from node_agent.localpool import make_searchable
 from node_agent.testing.nodes import FakeNode
 from node_agent.wire.specs import Job
 from node_agent.wire.status import Event, NodeStateName, Task, TaskState
@@ -96,6 +97,7 @@ async def test_sigkill_leaves_the_last_will_offline_state(pool, client: BatchCli
 def run_agent(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m node_agent run`` with a valid base configuration overridden by ``env``; no broker is up."""
     (tmp_path / "boot_id").write_text("boot-1\n")
+    make_searchable(tmp_path)  # as root the agent refuses a node root its task users cannot reach
     base = {name: value for name, value in os.environ.items() if not name.startswith("NODE_AGENT_")}
     base.update(
         {

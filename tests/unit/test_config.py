@@ -172,3 +172,37 @@ def test_settings_are_frozen() -> None:
     settings = AgentSettings()
     with pytest.raises(ValueError):
         settings.task_slots = 3  # type: ignore[misc]
+
+
+def test_broker_login_from_settings_fills_urls_without_one(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret:@/\nignored second line\n")
+    settings = load_settings(
+        broker_url="mqtts://b1:8883,mqtts://other:pw@b2",
+        broker_username="node1",
+        broker_password_file=str(secret),
+    )
+    assert [(b.username, b.password) for b in settings.brokers] == [("node1", "s3cret:@/"), ("other", "pw")]
+    assert "s3cret" not in repr(settings)  # only the file's path is a setting
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"tls_cert_file": "CERT"}, "go together"),
+        ({"broker_password_file": "CERT"}, "needs broker_username"),
+        ({"tls_ca_file": "/nonexistent/ca.pem"}, "not a readable file"),
+    ],
+)
+def test_half_a_login_or_certificate_is_refused(tmp_path: Path, values: dict[str, str], reason: str) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(**{key: value.replace("CERT", str(cert)) for key, value in values.items()})
+
+
+def test_empty_password_file_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "password"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        _ = load_settings(broker_username="n", broker_password_file=str(empty)).brokers

@@ -124,3 +124,20 @@ async def test_list_files_of_a_file_or_missing_directory_is_file_not_found(root:
         with pytest.raises(InputError) as error:
             await files.list_files(root, relative, False)
         assert error.value.code == "FileNotFound"
+
+
+# Found by the hostile-input property test (tests/integration/test_hostile_input.py): both once reached the
+# agent's InternalError boundary instead of getting a clear error reply.
+
+
+async def test_get_file_past_the_end_or_at_a_huge_offset_reads_nothing(root: Path) -> None:
+    (root / "f.txt").write_bytes(b"hello")
+    for offset in (5, 6, 1 << 62, (1 << 63) - 1):
+        result = await files.get_file(root, "f.txt", offset, 10)
+        assert (result["content"], result["eof"], result["contentLength"]) == ("", True, 5)
+
+
+async def test_list_files_with_an_overlong_name_is_file_not_found(root: Path) -> None:
+    with pytest.raises(InputError) as refused:
+        await files.list_files(root, "a" * 5000, recursive=False)
+    assert refused.value.code == "FileNotFound" and "longer than 255" in refused.value.message

@@ -59,6 +59,9 @@ def test_command_schema_is_a_union_discriminated_by_type(schema: dict[str, objec
         "getFile",
         "disableScheduling",
         "enableScheduling",
+        "drain",
+        "reboot",
+        "reimage",
     }
 
 

@@ -119,3 +119,35 @@ async def test_adopted_supervisor_keeps_the_original_deadline(tmp_path: Path) ->
     result = await asyncio.wait_for(adopt(where, asyncio.Event()), TIMEOUT_S)
     assert result.timed_out
     assert time.monotonic() - started < 10  # counted from the first start, not from the adoption
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+async def test_shim_refuses_an_output_file_that_is_a_link_and_leaves_its_target_alone(
+    tmp_path: Path, link: str
+) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    if link == "symbolic":
+        (tmp_path / "stdout.txt").symlink_to(target)
+    else:
+        os.link(target, tmp_path / "stdout.txt")
+    with pytest.raises(TaskFailure) as failure:
+        await run_supervised(spec(tmp_path, "/bin/echo overwritten"), asyncio.Event(), supervision(tmp_path))
+    assert failure.value.code == "CommandLaunchFailed" and "output file" in failure.value.message
+    assert target.read_text() == "keep me\n"
+
+
+async def test_shim_applies_the_task_umask(tmp_path: Path) -> None:
+    command = "/bin/sh -c 'umask; touch made'"
+    result = await run_supervised(spec(tmp_path, command, umask=0o027), asyncio.Event(), supervision(tmp_path))
+    assert result.exit_code == 0
+    assert (tmp_path / "stdout.txt").read_text() == "0027\n"
+    assert (tmp_path / "wd" / "made").stat().st_mode & 0o777 == 0o640
+
+
+async def test_a_wall_clock_limit_past_what_select_can_wait_is_no_limit_in_practice(tmp_path: Path) -> None:
+    huge = timedelta(days=99_999_999)
+    result = await run_supervised(
+        spec(tmp_path, "/bin/sh -c 'exit 2'", max_wall_clock=huge), asyncio.Event(), supervision(tmp_path)
+    )
+    assert result.exit_code == 2 and not result.timed_out

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from node_agent.agent.dispatch import _validation_error
 from node_agent.ids import ID_RULE, is_valid_id, sanitize_id
+from node_agent.wire.base import add_capped
 from node_agent.wire.commands import (
     COMMANDS,
     GET_FILE_MAX_LENGTH,
@@ -22,6 +23,7 @@ from node_agent.wire.commands import (
     TerminateTask,
 )
 from node_agent.wire.specs import (
+    EnvironmentSetting,
     Job,
     JobPreparationTask,
     JobReleaseTask,
@@ -283,3 +285,25 @@ def test_reply_round_trips() -> None:
         "error": {"code": "FileNotFound", "message": "no such file"},
     }
     assert Reply.model_validate(dumped) == reply
+
+
+# Found while widening the hostile-input property test: refused at the edge instead of failing a task later.
+
+
+@pytest.mark.parametrize("duration", ["-PT1S", "-P1D"])
+def test_a_negative_duration_is_refused(duration: str) -> None:
+    with pytest.raises(ValidationError, match="must not be negative"):
+        TaskConstraints.model_validate({"retentionTime": duration})
+
+
+def test_a_nul_in_a_command_line_or_environment_value_is_refused() -> None:
+    with pytest.raises(ValidationError, match="commandLine"):
+        TaskSpec.model_validate({"id": "t", "commandLine": "/bin/echo a\x00b"})
+    with pytest.raises(ValidationError, match="value"):
+        EnvironmentSetting.model_validate({"name": "A", "value": "a\x00b"})
+
+
+def test_a_retention_past_year_9999_means_never_instead_of_overflowing() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    assert add_capped(start, timedelta(days=99_999_999)) == datetime.max.replace(tzinfo=UTC)
+    assert add_capped(start, timedelta(days=1)) == datetime(2026, 1, 2, tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""Running the agent as a service: systemd notifications, metrics, health, the doctor and the unit installer."""
