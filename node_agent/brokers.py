@@ -35,7 +35,7 @@ _PUMP_JOIN_TIMEOUT_S = 2.0
 _MOSQUITTO_CONF = """\
 listener {port} {host}
 {security}set_tcp_nodelay true
-persistence false
+{persistence}
 max_inflight_messages 0
 max_queued_messages 100000
 max_queued_bytes 0
@@ -181,7 +181,16 @@ class OutputPump:
         self._thread.join(_PUMP_JOIN_TIMEOUT_S)
 
 
-def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN) -> LaunchSpec:
+def _persistence(workdir: Path | None) -> str:
+    """Mosquitto's on-disk store in ``workdir`` (retained messages, persistent sessions and their queued
+    messages survive a restart), or none. It is written when the broker stops (SIGTERM) and every 30 minutes:
+    saving at every change would stall a busy broker, so a broker killed with SIGKILL loses what changed since."""
+    if workdir is None:
+        return "persistence false"
+    return f"persistence true\npersistence_location {workdir}/"
+
+
+def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN, persistence: Path | None = None) -> LaunchSpec:
     binary = find_mosquitto()
     if binary is None:
         raise BrokerToolMissing(
@@ -193,7 +202,8 @@ def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN) -> LaunchSp
         # user would clear the parent-death signal that stops it when the demo or test run dies.
         security += "user root\n"
     conf = workdir / "mosquitto.conf"
-    conf.write_text(_MOSQUITTO_CONF.format(port=port, host=HOST, security=security), encoding="utf-8")
+    text = _MOSQUITTO_CONF.format(port=port, host=HOST, security=security, persistence=_persistence(persistence))
+    conf.write_text(text, encoding="utf-8")
     return LaunchSpec(
         argv=[binary, "-c", str(conf)],
         log_path=workdir / "mosquitto.log",
@@ -333,12 +343,15 @@ def launch(spec: LaunchSpec) -> tuple[subprocess.Popen[str], OutputPump]:
 
 
 def _start(
-    kind: str, workdir: Path, fixed_port: int | None, security: str = _OPEN
+    kind: str, workdir: Path, fixed_port: int | None, security: str = _OPEN, persistence: Path | None = None
 ) -> tuple[subprocess.Popen[str], OutputPump, int]:
     """Start the broker on ``fixed_port`` or a free port and wait (bounded) for its readiness line."""
     for _ in range(1 if fixed_port else _START_ATTEMPTS):
         port = fixed_port or free_port()
-        spec = _mosquitto_spec(workdir, port, security) if kind == "mosquitto" else _amqtt_spec(workdir, port)
+        if kind == "mosquitto":
+            spec = _mosquitto_spec(workdir, port, security, persistence)
+        else:
+            spec = _amqtt_spec(workdir, port)
         proc, pump = launch(spec)
         try:
             ready, output = pump.wait_for(spec.is_ready, READY_TIMEOUT_S)
@@ -373,17 +386,24 @@ def _resolve_kind(kind: str | None, security: BrokerSecurity | None) -> str:
 
 @contextlib.contextmanager
 def running_broker(
-    workdir: Path, *, kind: str | None = None, port: int | None = None, security: BrokerSecurity | None = None
+    workdir: Path,
+    *,
+    kind: str | None = None,
+    port: int | None = None,
+    security: BrokerSecurity | None = None,
+    persistence: Path | None = None,
 ) -> Iterator[BrokerHandle]:
     """Run a loopback broker for the duration of the block; kind=None prefers mosquitto over amqtt.
 
     ``port`` restarts a broker where an earlier one listened (tests of reconnection); default: a free port.
     ``security`` (mosquitto only) adds passwords, an ACL and TLS; the files it needs are made in ``workdir``.
+    ``persistence`` (mosquitto only): a folder for its store, so a broker started again on it keeps retained
+    messages and persistent sessions.
     """
     resolved = _resolve_kind(kind, security)
     workdir.mkdir(parents=True, exist_ok=True)
     conf, ca_file = (_OPEN, None) if security is None else secure_config(workdir, security)
-    proc, pump, port = _start(resolved, workdir, port, conf)
+    proc, pump, port = _start(resolved, workdir, port, conf, persistence)
     try:
         yield BrokerHandle(url=broker_url(port, tls=ca_file is not None), port=port, kind=resolved, ca_file=ca_file)
     finally:

@@ -104,6 +104,7 @@ class AgentSettings(BaseSettings):
     heartbeat_interval: timedelta = timedelta(seconds=30)
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     shutdown_grace: timedelta = timedelta(seconds=10)
+    tasks_on_stop: Literal["keep", "handback"] = "keep"  # ADR 0011: keep = left to their supervisors, adopted
     job_wait: timedelta = timedelta(seconds=10)
     start_task: dict[str, Any] | None = None  # a StartTask (JSON in the variable, a table in TOML); checked at start
     allow_reboot: bool = False

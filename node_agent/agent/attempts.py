@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from node_agent import faults
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessTracker
 from node_agent.agent.resources import StageFn
@@ -18,6 +19,7 @@ from node_agent.identity.ownership import prepare_task_dir
 from node_agent.identity.users import TASK_UMASK, RunAs, TaskUsers, UserKind, UserRequest
 from node_agent.runner.environment import task_environment
 from node_agent.runner.process import ExitResult, ProcessSpec, run_process
+from node_agent.runner.supervised import Supervision, adopt, run_supervised
 from node_agent.wire.base import iso_duration, utcnow
 from node_agent.wire.specs import (
     EnvironmentSetting,
@@ -50,6 +52,7 @@ class AttemptPlan:
     users: TaskUsers | None = None  # None: run as the agent's own user (tests of the runner alone)
     tracker: ProcessTracker | None = None
     stage: StageFn | None = None  # places resource_files in the working directory
+    supervision: Supervision | None = None  # run under a shim that outlives the agent (ADR 0011)
 
 
 Definition = TaskSpec | JobPreparationTask | JobReleaseTask
@@ -63,6 +66,7 @@ def plan_for(
     max_wall_clock: timedelta | None,
     retries: int,
     tracker: ProcessTracker | None = None,
+    supervision: Supervision | None = None,
     users: TaskUsers | None = None,
     stage: StageFn | None = None,
 ) -> AttemptPlan:
@@ -83,6 +87,7 @@ def plan_for(
         users=users,
         tracker=tracker,
         stage=stage,
+        supervision=supervision,
     )
 
 
@@ -189,17 +194,51 @@ async def _stage_unless_killed(stage: StageFn, working_dir: Path, run_as: RunAs,
         raise failures.exceptions[0] from None
 
 
+async def _attempt(plan: AttemptPlan, spec: ProcessSpec, kill: asyncio.Event, resume: Resume | None) -> ExitResult:
+    tracker = plan.tracker
+
+    async def on_spawn(pid: int) -> None:
+        if tracker is not None:
+            await tracker.started(pid)
+        if resume is not None and resume.on_spawned is not None:
+            resume.on_spawned()
+
+    try:
+        if resume is not None and resume.adopt and plan.supervision is not None:
+            return await adopt(plan.supervision, kill, resume.detach)
+        if plan.supervision is not None:
+            detach = resume.detach if resume else None
+            return await run_supervised(spec, kill, plan.supervision, on_spawn, detach)
+        return await run_process(spec, kill, on_spawn)
+    finally:
+        if tracker is not None:
+            await asyncio.shield(tracker.ended())
+
+
+@dataclass(slots=True)
+class Resume:
+    """How run_to_end continues: from a recorded outcome (start time, retries so far), adopting the running
+    attempt's supervisor; ``detach`` set means a cancel leaves the supervised process running."""
+
+    outcome: Outcome | None = None
+    adopt: bool = False
+    detach: asyncio.Event | None = None
+    on_spawned: Callable[[], None] | None = None  # each attempt's process has started
+
+
 async def run_to_end(
     plan: AttemptPlan,
     kill: asyncio.Event,
     on_change: Callable[[Outcome], None] = lambda _: None,
+    resume: Resume | None = None,
 ) -> Outcome:
     """Run attempts until success, a non-retryable failure or the retry limit; the Outcome is final."""
-    outcome = Outcome()
+    outcome = resume.outcome if resume is not None and resume.outcome is not None else Outcome()
     try:
         check_supported(plan)
         run_as = await _run_as(plan)
-        if plan.stage is not None:
+        resumed = resume is not None and (resume.adopt or resume.outcome is not None)
+        if plan.stage is not None and not resumed:  # staged once, before the first attempt
             staging_dir = plan.task_dir / "wd"
             await asyncio.to_thread(staging_dir.mkdir, parents=True, exist_ok=True)
             await _stage_unless_killed(plan.stage, staging_dir, run_as, kill)
@@ -217,12 +256,10 @@ async def run_to_end(
                 gid=run_as.gid,
                 umask=TASK_UMASK,
             )
-            tracker = plan.tracker
-            try:
-                result = await run_process(spec, kill, tracker.started if tracker else None)
-            finally:
-                if tracker is not None:
-                    await asyncio.shield(tracker.ended())
+            result = await _attempt(plan, spec, kill, resume)
+            faults.reached("task-exited")
+            if resume is not None:
+                resume.adopt = False  # the next attempt starts afresh
             outcome.exit_code = result.exit_code
             outcome.failure_info = _exit_failure(result, plan)
             if not _may_retry(plan, outcome, result):

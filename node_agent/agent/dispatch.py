@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from node_agent import faults
 from node_agent.agent import files
 from node_agent.agent.jobs import JobManager
 from node_agent.agent.publisher import Publisher
@@ -19,6 +20,7 @@ from node_agent.agent.starttask import StartTaskRunner
 from node_agent.errors import InputError
 from node_agent.ids import ID_RULE, is_valid_id
 from node_agent.ops import metrics
+from node_agent.transport.mqtt import Ack
 from node_agent.wire.commands import (
     COMMANDS,
     AddTask,
@@ -71,16 +73,28 @@ class Dispatcher:
         if self._inflight:
             await asyncio.wait(self._inflight)
 
-    async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+    async def on_message(self, topic: str, payload: bytes, retained: bool, ack: Ack) -> None:
+        """Commands are acknowledged to the broker once answered (an addTask once stored): a crash before
+        that makes the broker deliver the command again, and a repeated command is never run twice."""
         levels = self.topics.levels(topic)
         if levels == ["nodes", self.node_id, "commands"]:
-            task = self.manager.ctx.group.create_task(self._command(payload))
+            faults.reached("after-receive")
+            task = self.manager.ctx.group.create_task(self._acked(payload, ack))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        elif levels is not None and len(levels) == 2 and levels[0] == "jobs":
+            return
+        if levels is not None and len(levels) == 2 and levels[0] == "jobs":
             self._job_document(levels[1], payload)
         elif levels == ["pools", self.pool_id]:
             self._pool_document(payload)
+        ack()  # documents are retained: a new session receives them again anyway
+
+    async def _acked(self, payload: bytes, ack: Ack) -> None:
+        try:
+            await self._command(payload)
+            await self.publisher.persisted()  # the reply is in the durable outbox before the broker forgets
+        finally:
+            ack()
 
     def _pool_document(self, payload: bytes) -> None:
         doc = None
@@ -134,7 +148,7 @@ class Dispatcher:
             return False
         try:
             command = COMMANDS.validate_json(payload)
-            result = await self._execute(command)
+            result = await self._execute(command, request_id)
         except ValidationError as exc:
             self._refuse(reply_to, request_id, *_validation_error(exc))
         except InputError as exc:
@@ -168,10 +182,11 @@ class Dispatcher:
         else:
             self.publisher.rejected(code, message + _no_reply_hint(request_id), request_id)
 
-    async def _execute(self, command: Command) -> Any:
+    async def _execute(self, command: Command, request_id: str | None) -> Any:
         match command:
             case AddTask(job_id=job_id, task=task):
-                added = await self.manager.add_task(job_id, task)
+                added = await self.manager.add_task(job_id, task, request_id)
+                faults.reached("after-store")
                 return added.model_dump(mode="json", by_alias=True, exclude_none=True)
             case TerminateTask(job_id=job_id, task_id=task_id):
                 ended = await self.manager.terminate_task(job_id, task_id)

@@ -1,12 +1,10 @@
 """The job lifecycle on this node: accepting tasks, running them in slots after preparation, ending jobs.
 
-Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask):
+Task states (PROTOCOL.md "Semantics", Azure Batch CloudTask; what a stop or restart does: ADR 0001, 0011):
 
     addTask --> active --slot--> preparing --prep ok--> running --exit--> completed
-                  |                  |  prep failed (waitForSuccess)
-                  |                  +--> handed back: active, no node (event JobPreparationTaskFailed)
+                  |                  +-- prep failed (waitForSuccess) --> handed back (JobPreparationTaskFailed)
                   +-- terminateTask / job end --> completed (TaskEnded)
-                  +-- agent stop --> handed back: active, no node (event NodeAgentStopped)
                   +-- requeue (disableScheduling, reboot, reimage) --> handed back (agent/scheduling.py)
 """
 
@@ -20,13 +18,16 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from node_agent import faults
+from node_agent.agent import handedback
 from node_agent.agent.admission import HAND_BACK_MESSAGES, Admission
-from node_agent.agent.attempts import AttemptPlan, Outcome, plan_for, run_to_end
+from node_agent.agent.attempts import AttemptPlan, Outcome, Resume, plan_for, run_to_end
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.resources import ResourceStaging, StageFn
 from node_agent.agent.runs import NodeJob, TaskRun
+from node_agent.agent.supervisors import Supervisors
 from node_agent.errors import InputError
 from node_agent.identity.users import TaskUsers
 from node_agent.retention.deadlines import Deadline, DeadlineBook, DirectoryKind
@@ -48,6 +49,7 @@ class NodeContext:
     on_load_change: Callable[[], None]
     processes: ProcessRegistry
     deadlines: DeadlineBook
+    supervisors: Supervisors
     users: TaskUsers
     resources: ResourceStaging | None = None
 
@@ -85,20 +87,25 @@ class JobManager:
 
     # -- accepting ---------------------------------------------------------------------------------------
 
-    async def add_task(self, job_id: str, spec: TaskSpec) -> Task:
+    async def add_task(self, job_id: str, spec: TaskSpec, request_id: str | None = None) -> Task:
         """Record the task durably, start it, and return its state (the same state for a repeated add)."""
         job = self.job(job_id)
         if (known := await self._known(job, spec.id)) is not None:
             return known
+        if await handedback.is_redelivery(self.ctx.store, job_id, spec.id, request_id):
+            raise InputError("TaskHandedBack", f"task {spec.id!r} was handed back by this node; nothing was done")
         self._check_accepting()
         doc = await self._job_document(job)
         if (known := await self._known(job, spec.id)) is not None:  # a duplicate arrived while we waited
             return known
         self._check_accepting()  # the agent may have begun stopping while we waited
         self._check_acceptable(job, doc, spec)
-        run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec))
+        run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec), request_id=request_id)
         job.tasks[spec.id] = run
         try:
+            if not job.has_record:  # the job document first: a recovered task needs it (environment, limits)
+                await self.save_job(job)
+                job.has_record = True
             await asyncio.shield(self._save_task(run))
         except BaseException:
             job.tasks.pop(spec.id, None)
@@ -112,8 +119,7 @@ class JobManager:
 
     async def _known(self, job: NodeJob, task_id: str) -> Task | None:
         """The state of a task this node already holds (a repeated addTask is acknowledged, never run again)."""
-        known = job.tasks.get(task_id)
-        if known is None:
+        if (known := job.tasks.get(task_id)) is None:
             return None
         await known.recorded.wait()
         if job.tasks.get(task_id) is not known:
@@ -164,6 +170,9 @@ class JobManager:
 
     async def _save_task(self, run: TaskRun) -> None:
         document = run.task.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document["requestId"] = run.request_id  # the addTask that brought it (agent/handedback.py)
+        if run.is_finished:
+            document["published"] = run.published  # False: recovery publishes the result (again)
         await self.ctx.store.put(("jobs", run.job_id, "tasks", run.task.id), document)
 
     async def save_job(self, job: NodeJob) -> None:
@@ -180,8 +189,7 @@ class JobManager:
         counting_from: datetime | None = None,
         keep_existing: bool = False,
     ) -> None:
-        """Record durably when the directory is due for removal (guarantee 6: retentionTime, default 7 days,
-        counted from the completion or from ``counting_from``)."""
+        """Record when the directory is due for removal (guarantee 6), from the completion or ``counting_from``."""
         layout = self.ctx.layout
         deadline = Deadline(
             job_id=job_id,
@@ -196,16 +204,16 @@ class JobManager:
     # -- running -----------------------------------------------------------------------------------------
 
     def _set_state(self, run: TaskRun, state: TaskState, **changes: object) -> None:
-        run.update(state=state, state_transition_time=utcnow(), **changes)
+        run.update(**{"state": state, "state_transition_time": utcnow(), **changes})
         if state == TaskState.RUNNING:
             self._set_running.add(run)
         self.ctx.publisher.task(run.job_id, run.task)
         self.ctx.on_load_change()
 
-    async def _work(self, job: NodeJob, run: TaskRun) -> None:
+    async def _work(self, job: NodeJob, run: TaskRun, resume: Resume | None = None) -> None:
         structlog.contextvars.bind_contextvars(job_id=run.job_id, task_id=run.task.id)  # this asyncio task's only
         try:
-            await self._run_in_slot(job, run)
+            await self._run_in_slot(job, run, resume)
         except Exception as exc:  # a node fault (disk, permissions) fails this task, never the agent
             log.exception("task.agent_error")
             if not run.is_finished:
@@ -214,31 +222,49 @@ class JobManager:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._complete(run, outcome))
 
-    async def _run_in_slot(self, job: NodeJob, run: TaskRun) -> None:
+    async def _run_in_slot(self, job: NodeJob, run: TaskRun, resume: Resume | None = None) -> None:
         async with self.slots:
-            if job.ending is not None:  # a slot freed while the job ends: end_task records it TaskEnded
+            if resume is None and not await self._start(job, run):
                 return
-            assert job.doc is not None
-            prep = job.doc.job_preparation_task
-            if prep is not None and prep.wait_for_success:
-                if self.subtasks.prep_pending(job):
-                    self._set_state(run, TaskState.PREPARING)
-                if not await self.subtasks.ensure_prepared(job):
-                    await self.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")
-                    return
-            elif prep is not None:
-                self.subtasks.start_preparation(job)
-            await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
-            start = utcnow()
-            self._set_state(run, TaskState.RUNNING, execution_info=TaskExecutionInfo(start_time=start))
-            log.info("task.started")
-            outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run))
+            resume = resume or Resume(detach=self.ctx.supervisors.detach, on_spawned=lambda: self._publish_running(run))
+            outcome = await run_to_end(self._plan(job, run), run.kill, self._retry_reporter(run), resume)
             # Still holding the slot: the next task must not be seen running before this one completed.
             if run.requeue_code is not None:
                 message = HAND_BACK_MESSAGES.get(run.requeue_code, "the task was stopped on this node")
                 await self.hand_back(run, run.requeue_code, message)
                 return
             await asyncio.shield(self._complete(run, outcome))
+
+    async def _start(self, job: NodeJob, run: TaskRun) -> bool:
+        """Preparation first if the job waits for it, then the task recorded running; False: not started."""
+        if job.ending is not None:  # a slot freed while the job ends: end_task records it TaskEnded
+            return False
+        assert job.doc is not None
+        prep = job.doc.job_preparation_task
+        if prep is not None and prep.wait_for_success:
+            if self.subtasks.prep_pending(job):
+                self._set_state(run, TaskState.PREPARING)
+            if not await self.subtasks.ensure_prepared(job):
+                await self.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")
+                return False
+            faults.reached("prepared")
+        elif prep is not None:
+            self.subtasks.start_preparation(job)
+        await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
+        # Recorded running before the supervisor starts (ADR 0011), published once the process runs.
+        now = utcnow()
+        run.update(state=TaskState.RUNNING, state_transition_time=now, execution_info=TaskExecutionInfo(start_time=now))
+        await asyncio.shield(self._save_task(run))
+        log.info("task.started")
+        return True
+
+    def _publish_running(self, run: TaskRun) -> None:  # a retry is published by the retry reporter instead
+        if run.task.execution_info.retry_count == 0:
+            self._set_state(run, TaskState.RUNNING, state_transition_time=run.task.state_transition_time)
+
+    def start_recovered(self, job: NodeJob, run: TaskRun, resume: Resume | None) -> None:
+        """Recovery: queue an accepted task again, or (``resume``) adopt its running supervisor."""
+        run.worker = self.ctx.group.create_task(self._work(job, run, resume))
 
     def _plan(self, job: NodeJob, run: TaskRun) -> AttemptPlan:
         assert job.doc is not None
@@ -250,6 +276,7 @@ class JobManager:
             max_wall_clock=constraints.max_wall_clock_time,
             retries=constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, run.task.id),
+            supervision=self.ctx.supervisors.supervision(job.id, run.task.id),
             users=self.ctx.users,
             stage=self.ctx.stage_for(job.id, run.task.id, run.spec.resource_files),
         )
@@ -260,6 +287,7 @@ class JobManager:
                 update={"retry_count": outcome.retry_count, "last_retry_time": outcome.last_retry_time}
             )
             self._set_state(run, TaskState.RUNNING, execution_info=info)
+            self.ctx.group.create_task(self._save_task(run))  # the retry count survives an agent restart
 
         return report
 
@@ -275,18 +303,26 @@ class JobManager:
             failure_info=outcome.failure_info,
         )
         run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
+        run.published = False
+        await self._save_task(run)
+        faults.reached("task-recorded")
         retention = run.spec.constraints.retention_time
         completed_at = outcome.end_time or utcnow()
-        # Both records before the publication, written side by side: their fsyncs overlap (bench/dispatch.py).
-        await asyncio.gather(
-            self._save_task(run),
-            self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention),
-        )
-        self.ctx.publisher.task(run.job_id, run.task)
-        self.ctx.on_load_change()
+        await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
+        await self.ctx.supervisors.forget(run.job_id, run.task.id)
+        await self.publish_result(run)
         event = "task.succeeded" if outcome.result == TaskResult.SUCCESS else "task.failed"
         code = outcome.failure_info.code if outcome.failure_info is not None else None
         log.info(event, job_id=run.job_id, task_id=run.task.id, exit_code=outcome.exit_code, code=code)
+
+    async def publish_result(self, run: TaskRun) -> None:
+        """Publish a completed task, then mark its record published (else recovery publishes it again)."""
+        self.ctx.publisher.task(run.job_id, run.task)
+        self.ctx.on_load_change()
+        await self.ctx.publisher.persisted()
+        run.published = True
+        await self._save_task(run)
+        faults.reached("task-published")
 
     async def hand_back(self, run: TaskRun, code: str, message: str) -> None:
         """Give the task back to the scheduler: active, no node, and forgotten by this node."""
@@ -296,6 +332,8 @@ class JobManager:
         info = run.task.execution_info.model_copy(update={"requeue_count": run.task.execution_info.requeue_count + 1})
         run.update(state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info)
         await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
+        await asyncio.shield(self.ctx.supervisors.forget(run.job_id, run.task.id))
+        await asyncio.shield(handedback.remember(self.ctx.store, run.job_id, run.task.id, run.request_id))
         if info.start_time is not None:  # it ran here: its directory is left to retention, as a completed task's
             retention = run.spec.constraints.retention_time
             kind = DirectoryKind.TASK
@@ -364,8 +402,8 @@ class JobManager:
         if doc.state != JobState.ACTIVE and job.has_presence:
             self.subtasks.end_job(job, deleting=doc.state == JobState.DELETING)
 
-    async def shutdown(self, grace_s: float) -> None:
-        """SIGTERM: take nothing new, let running tasks finish within the grace, hand back the rest."""
+    async def shutdown(self, grace_s: float, *, keep_running: bool = False) -> None:
+        """SIGTERM: nothing new, waiting tasks handed back, running ones kept (ADR 0011) or handed back."""
         self.accepting = False
         runs = self.unfinished()
         for run in runs:
@@ -374,10 +412,14 @@ class JobManager:
                 if not run.is_finished and not run.is_running:
                     await self.hand_back(run, "NodeAgentStopped", "the agent stopped before the task started")
         workers = [run.worker for run in runs if run.worker is not None and not run.worker.done()]
-        if workers:
+        if keep_running:
+            self.ctx.supervisors.detach.set()  # a cancelled worker leaves its supervisor running
+            for worker in workers:
+                worker.cancel()
+        elif workers:
             await asyncio.wait(workers, timeout=grace_s)
         for run in runs:
-            if run.worker is not None and not run.worker.done():
+            if not keep_running and run.worker is not None and not run.worker.done():
                 run.requeue_code = "NodeAgentStopped"
                 run.kill.set()
         if workers:

@@ -29,6 +29,14 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
+def _below(pid: int, spare: set[int] | frozenset[int]) -> bool:
+    """Whether an adopted supervisor is among the process's ancestors (a child it started after the scan)."""
+    try:
+        return any(parent.pid in spare for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessTracker:
     """Records one task's process while it runs (store key ("processes", jobId, taskId))."""
@@ -53,16 +61,17 @@ class ProcessRegistry:
     def track(self, job_id: str, task_id: str) -> ProcessTracker:
         return ProcessTracker(self.store, job_id, task_id)
 
-    async def kill_orphans(self) -> int:
-        """Kill every recorded process that still runs (same pid and start time), then forget them all."""
-        killed = await asyncio.to_thread(self._kill_orphans)
+    async def kill_orphans(self, spare: set[int] | frozenset[int] = frozenset()) -> int:
+        """Kill every recorded process that still runs (same pid and start time), then forget them all;
+        ``spare`` are the adopted supervisors and their tasks (ADR 0011)."""
+        killed = await asyncio.to_thread(self._kill_orphans, spare)
         await self.store.delete_tree(("processes",))
         if killed:
             log.warning("recovery.orphans_killed", processes=killed)
         return killed
 
-    def _kill_orphans(self) -> int:
-        pids = self._recorded() | self._of_this_node()
+    def _kill_orphans(self, spare: set[int] | frozenset[int]) -> int:
+        pids = {pid for pid in (self._recorded() | self._of_this_node()) - spare if not _below(pid, spare)}
         return sum(kill_tree(pid) for pid in pids)
 
     def _recorded(self) -> set[int]:

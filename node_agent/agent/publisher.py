@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from node_agent.ops import metrics
@@ -28,6 +29,10 @@ class Publisher:
         self.node_id = node_id
         self.pool_id = pool_id
 
+    async def persisted(self) -> None:
+        """Wait until everything published so far is in the durable outbox."""
+        await self._transport.persisted()
+
     def task(self, job_id: str, task: Task, *, code: str | None = None, message: str | None = None) -> None:
         """Retained task state plus an event; a ``code`` marks a hand-back (the task left this node)."""
         self._transport.publish(self._topics.task(job_id, task.id), task.to_json(), retain=True)
@@ -36,6 +41,7 @@ class Publisher:
         metrics.task_book.task(job_id, task.id, None if code else task.state, info.result, ran)
         self._event(
             "taskHandedBack" if code else "taskStateChanged",
+            at=task.state_transition_time,  # a copy published again after a crash is byte-identical
             job_id=job_id,
             task_id=task.id,
             state=task.state,
@@ -60,8 +66,8 @@ class Publisher:
         """A task's resource files are in place: how many, and what the node's download cache saved."""
         self._event("resourceFilesStaged", job_id=job_id, task_id=task_id, staging=stats)
 
-    def _event(self, kind: EventType, **fields: Any) -> None:
-        event = Event(type=kind, time=utcnow(), node_id=self.node_id, **fields)
+    def _event(self, kind: EventType, at: datetime | None = None, **fields: Any) -> None:
+        event = Event(type=kind, time=at or utcnow(), node_id=self.node_id, **fields)
         self._transport.publish(self._topics.node_events(self.node_id), event.to_json())
 
     def clear_task(self, job_id: str, task_id: str) -> None:

@@ -23,6 +23,7 @@ from node_agent.agent.starttask import POOL_RECORD
 from node_agent.errors import InputError, StoreCorrupt
 from node_agent.retention.removal import remove_below
 from node_agent.store.records import RecordStore
+from node_agent.transport.outbox import OUTBOX_FILE
 from node_agent.wire.base import utcnow
 from node_agent.wire.status import EventType, NodeStateName
 
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 RECORD = ("node", "reboot")
-KEEP_IN_STATE_DIR = {"agent.lock"}
+# The lock, and the durable outbox: what the agent published before the reimage still reaches the broker.
+KEEP_IN_STATE_DIR = {"agent.lock", OUTBOX_FILE, f"{OUTBOX_FILE}-wal", f"{OUTBOX_FILE}-shm"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +191,10 @@ class Rebooter:
         try:
             message = f"the task was terminated: its node was asked to {operation.kind} with option terminate"
             await end_tasks(self.manager, operation.option, requeue_code=operation.code, message=message)
-            await self.scheduling.wait_idle()  # taskcompletion, retaineddata: until the tasks completed
-            if self.stopping.is_set():
-                return  # the agent stops first: the next start resumes the operation
+            # taskcompletion, retaineddata: until the tasks completed. An agent stop ends the wait: its running
+            # tasks may stay with their supervisors (ADR 0011), and the next start resumes the operation.
+            if not await self._idle_or_stopping():
+                return
             await self.flush()  # the reply and the last states reach the broker before the machine goes down
             if await self._run_command():
                 await self.stopping.wait()  # the system stops the agent on its way down
@@ -199,6 +202,17 @@ class Rebooter:
         except Exception:  # a node fault fails the operation, never the agent
             log.exception("reboot.failed", operation=operation.kind)
         await self._abandon(operation)
+
+    async def _idle_or_stopping(self) -> bool:
+        """Wait until the node is idle (True) or the agent stops (False)."""
+        idle = asyncio.ensure_future(self.scheduling.wait_idle())
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({idle, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (idle, stopped):
+                waiter.cancel()
+        return not self.stopping.is_set()
 
     async def _run_command(self) -> bool:
         argv = shlex.split(self.command)

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
+from node_agent.agent.attempts import Outcome, Resume
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import StoreCorrupt
 from node_agent.store.records import RecordStore
-from node_agent.wire.status import Task
+from node_agent.wire.base import utcnow
+from node_agent.wire.status import SubtaskState, Task, TaskState
 
 if TYPE_CHECKING:
     from node_agent.agent.jobs import JobManager
@@ -36,7 +38,15 @@ def jobs_from(found: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]]
     for job_id, record, tasks in found:
         try:
             job = NodeJob.from_record(job_id, record) if record else NodeJob(id=job_id)
-            runs = [TaskRun(job_id=job_id, task=Task.model_validate(document)) for document in tasks]
+            runs = [
+                TaskRun(
+                    job_id=job_id,
+                    task=Task.model_validate(document),
+                    request_id=document.get("requestId"),
+                    published=document.get("published", True),
+                )
+                for document in tasks
+            ]
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(part) for part in error["loc"])
@@ -56,13 +66,85 @@ def load_jobs(store: RecordStore) -> dict[str, NodeJob]:
 
 
 async def recover(manager: JobManager) -> None:
-    await manager.ctx.processes.kill_orphans()
+    ctx = manager.ctx
+    spare = await asyncio.to_thread(ctx.supervisors.scan)  # supervisors of this boot are adopted, not killed
+    await ctx.processes.kill_orphans(spare)
     unfinished: list[TaskRun] = []
-    for job_id, job in jobs_from(await asyncio.to_thread(_read, manager.ctx.store)).items():
-        if job.prep_boot_id != manager.ctx.boot_id:
+    for job_id, job in jobs_from(await asyncio.to_thread(_read, ctx.store)).items():
+        if job.prep_boot_id != ctx.boot_id:
             job.prep_blocked = False  # a reboot lifts the block: the preparation will run again
         unfinished.extend(run for run in job.tasks.values() if not run.is_finished)
         manager.jobs[job_id] = job
+        prep = job.doc.job_preparation_task if job.doc else None
+        if prep is not None and job.prep is not None and job.prep.state == SubtaskState.RUNNING:
+            if ctx.supervisors.take(job_id, prep.id):
+                manager.subtasks.adopt_preparation(job)
+    adopted, waiting, lost = _sort_unfinished(manager, unfinished)
+    for run in adopted:
+        manager.start_recovered(manager.jobs[run.job_id], run, _resume_of(run, ctx.supervisors.detach))
+    for run in waiting:  # accepted, never started: it runs here as if the agent had not stopped
+        run.update(state=TaskState.ACTIVE)
+        manager.start_recovered(manager.jobs[run.job_id], run, None)
+    for run in lost:
+        await manager.hand_back(
+            run, "NodeAgentRestarted", "the task was lost: the node rebooted or its supervisor died"
+        )
+    unpublished = [run for job in manager.jobs.values() for run in job.tasks.values() if not run.published]
+    for run in unpublished:  # completed and recorded, maybe never in the outbox: published (again) once it runs
+        manager.ctx.group.create_task(manager.publish_result(run), name=f"republish-{run.job_id}-{run.task.id}")
+    releases = {
+        (job.id, job.doc.job_release_task.id) for job in manager.jobs.values() if job.doc and job.doc.job_release_task
+    }
+    for job_id, task_id in list(ctx.supervisors.adoptable - releases):  # kept only for a release to adopt
+        ctx.supervisors.take(job_id, task_id)
+        await ctx.supervisors.forget(job_id, task_id)
+    log.info(
+        "recovery.done",
+        jobs=len(manager.jobs),
+        adopted=len(adopted),
+        requeued=len(waiting),
+        handed_back=len(lost),
+        republished=len(unpublished),
+    )
+
+
+def _sort_unfinished(
+    manager: JobManager, unfinished: list[TaskRun]
+) -> tuple[list[TaskRun], list[TaskRun], list[TaskRun]]:
+    """Adopted (running, its supervisor of this boot found), waiting (never started), lost (the rest)."""
+    adopted, waiting, lost = [], [], []
     for run in unfinished:
-        await manager.hand_back(run, "NodeAgentRestarted", "the agent restarted while the task was on this node")
-    log.info("recovery.done", jobs=len(manager.jobs), handed_back=len(unfinished))
+        has_doc = manager.jobs[run.job_id].doc is not None
+        if not has_doc:
+            lost.append(run)  # recorded by an agent that kept no job document: nothing to run it with
+        elif not run.is_running:
+            waiting.append(run)
+        elif manager.ctx.supervisors.take(run.job_id, run.task.id):
+            adopted.append(run)
+        else:
+            lost.append(run)
+    return adopted, waiting, lost
+
+
+def _resume_of(run: TaskRun, detach: asyncio.Event) -> Resume:
+    info = run.task.execution_info
+    outcome = Outcome(start_time=info.start_time or utcnow(), retry_count=info.retry_count)
+    outcome.last_retry_time = info.last_retry_time
+    return Resume(outcome=outcome, adopt=True, detach=detach)
+
+
+async def end_vanished_jobs(manager: JobManager, wait_s: float) -> None:
+    """After the first connect: a job this node remembers whose retained document does not come back within
+    ``wait_s`` was deleted while the agent was away, so it is ended here as a delete would have ended it
+    (release run if preparation ran, directories and records removed). Jobs that are terminating or deleting
+    need nothing here: their retained document arrives and ends them (PROTOCOL.md guarantee 3)."""
+    remembered = [job for job in manager.jobs.values() if job.has_presence]
+    waiting = [asyncio.ensure_future(job.doc_seen.wait()) for job in remembered]
+    if waiting:
+        await asyncio.wait(waiting, timeout=wait_s)
+    for waiter in waiting:
+        waiter.cancel()
+    vanished = [job for job in remembered if not job.doc_seen.is_set() and manager.jobs.get(job.id) is job]
+    for job in vanished:
+        log.warning("recovery.job_vanished", job_id=job.id)
+        manager.on_job_document(job.id, None)

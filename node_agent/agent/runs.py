@@ -26,6 +26,8 @@ class TaskRun:
     recorded: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task[None] | None = None
     requeue_code: str | None = None  # set when the run is to be handed back instead of completed
+    request_id: str | None = None  # the addTask that brought it
+    published: bool = True  # a completed task's result is in the durable outbox (recorded with the task)
 
     @property
     def spec(self) -> TaskSpec:
@@ -59,6 +61,7 @@ class NodeJob:
     ending: asyncio.Task[None] | None = None
     delete_requested: bool = False
     successor: Job | None = None  # the document of a job created again with this id while this one was deleted
+    has_record: bool = False  # the job record (with its document) is in the store
 
     @property
     def has_presence(self) -> bool:
@@ -90,7 +93,7 @@ class NodeJob:
 
     @classmethod
     def from_record(cls, job_id: str, record: dict[str, Any]) -> NodeJob:
-        job = cls(id=job_id)
+        job = cls(id=job_id, has_record=True)
         if record.get("doc"):
             job.doc = Job.model_validate(record["doc"])
         if record.get("prep"):

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from node_agent.agent.attempts import Outcome, plan_for, run_to_end
+from node_agent import faults
+from node_agent.agent.attempts import Outcome, Resume, plan_for, run_to_end
 from node_agent.retention.deadlines import DirectoryKind
 from node_agent.retention.removal import remove_below
 from node_agent.wire.base import utcnow
@@ -71,26 +72,40 @@ class Subtasks:
             return await asyncio.shield(run)
         return job.prep is not None and job.prep.result == TaskResult.SUCCESS
 
-    async def _prepare(self, job: NodeJob) -> bool:
+    def adopt_preparation(self, job: NodeJob) -> None:
+        """Recovery: the preparation a previous agent of this boot left running under its supervisor."""
+        job.prep_kill = asyncio.Event()
+        job.prep_run = self.ctx.group.create_task(self._prepare(job, adopt=True), name=f"prep-{job.id}")
+
+    def _resume(self, info: SubtaskInfo | None, adopt: bool) -> Resume:
+        detach = self.ctx.supervisors.detach
+        if not adopt or info is None:
+            return Resume(detach=detach)
+        retries = info.retry_count if isinstance(info, JobPreparationTaskExecutionInformation) else 0
+        return Resume(outcome=Outcome(start_time=info.start_time, retry_count=retries), adopt=True, detach=detach)
+
+    async def _prepare(self, job: NodeJob, adopt: bool = False) -> bool:
         assert job.doc is not None and job.doc.job_preparation_task is not None
         structlog.contextvars.bind_contextvars(job_id=job.id, task_id=job.doc.job_preparation_task.id)  # this task's
         try:
-            return await self._run_preparation(job)
+            return await self._run_preparation(job, adopt)
         except Exception:  # a node fault fails the preparation (its tasks are handed back), not the agent
             log.exception("prep.agent_error")
             return False
 
-    async def _run_preparation(self, job: NodeJob) -> bool:
+    async def _run_preparation(self, job: NodeJob, adopt: bool) -> bool:
         assert job.doc is not None and job.doc.job_preparation_task is not None
         spec = job.doc.job_preparation_task
         task_dir = self.ctx.layout.task_dir(job.id, spec.id)
-        job.prep = JobPreparationTaskExecutionInformation(
-            start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
-        )
-        job.prep_boot_id = self.ctx.boot_id
-        job.prep_blocked = False
-        await self._record(job, job.prep)
-        log.info("prep.started")
+        if not adopt:
+            job.prep = JobPreparationTaskExecutionInformation(
+                start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
+            )
+            job.prep_boot_id = self.ctx.boot_id
+            job.prep_blocked = False
+            await self._record(job, job.prep)
+            faults.reached("prep-started")
+        log.info("prep.started", adopted=adopt)
         plan = plan_for(
             self.ctx.layout,
             job.doc,
@@ -98,10 +113,12 @@ class Subtasks:
             max_wall_clock=spec.constraints.max_wall_clock_time,
             retries=spec.constraints.max_task_retry_count,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            supervision=self.ctx.supervisors.supervision(job.id, spec.id),
             users=self.ctx.users,
             stage=self.ctx.stage_for(job.id, spec.id, spec.resource_files),
         )
-        outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o))
+        resume = self._resume(job.prep, adopt)
+        outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o), resume)
         job.prep = JobPreparationTaskExecutionInformation(
             start_time=outcome.start_time,
             end_time=outcome.end_time,
@@ -116,6 +133,7 @@ class Subtasks:
         succeeded = outcome.result == TaskResult.SUCCESS
         job.prep_blocked = not succeeded and spec.wait_for_success
         await self._record(job, job.prep)
+        await self.ctx.supervisors.forget(job.id, spec.id)
         log.info("prep.succeeded" if succeeded else "prep.failed", exit_code=outcome.exit_code, code=_code(outcome))
         if job.prep_blocked:
             await self._hand_back_waiting(job)
@@ -218,11 +236,15 @@ class Subtasks:
         assert job.doc is not None and job.doc.job_release_task is not None
         spec = job.doc.job_release_task
         task_dir = self.ctx.layout.task_dir(job.id, spec.id)
-        job.release = JobReleaseTaskExecutionInformation(
-            start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
-        )
-        await self._record(job, job.release)
-        log.info("release.started", task_id=spec.id)
+        # A release a previous agent of this boot left running is waited for, not run a second time.
+        adopt = job.release is not None and self.ctx.supervisors.take(job.id, spec.id)
+        if not adopt:
+            job.release = JobReleaseTaskExecutionInformation(
+                start_time=utcnow(), state=SubtaskState.RUNNING, task_root_directory=str(task_dir)
+            )
+            await self._record(job, job.release)
+            faults.reached("release-started")
+        log.info("release.started", task_id=spec.id, adopted=adopt)
         plan = plan_for(
             self.ctx.layout,
             job.doc,
@@ -230,10 +252,11 @@ class Subtasks:
             max_wall_clock=spec.max_wall_clock_time,
             retries=0,
             tracker=self.ctx.processes.track(job.id, spec.id),
+            supervision=self.ctx.supervisors.supervision(job.id, spec.id),
             users=self.ctx.users,
             stage=self.ctx.stage_for(job.id, spec.id, spec.resource_files),
         )
-        outcome = await run_to_end(plan, asyncio.Event())
+        outcome = await run_to_end(plan, asyncio.Event(), resume=self._resume(job.release, adopt))
         job.release = JobReleaseTaskExecutionInformation(
             start_time=outcome.start_time,
             end_time=outcome.end_time,
@@ -244,6 +267,7 @@ class Subtasks:
             failure_info=outcome.failure_info,
         )
         await self._record(job, job.release)
+        await self.ctx.supervisors.forget(job.id, spec.id)
         event = "release.succeeded" if outcome.result == TaskResult.SUCCESS else "release.failed"
         log.info(event, task_id=spec.id, exit_code=outcome.exit_code, code=_code(outcome))
 
@@ -258,6 +282,7 @@ class Subtasks:
         else:
             await self.ctx.users.remove_task_users(job.id)  # the task-scope users go with the job's files
         await asyncio.shield(self.ctx.deadlines.drop_job(job.id))
+        await asyncio.shield(self.ctx.supervisors.forget_job(job.id))
         await asyncio.shield(self.ctx.store.delete_tree(("jobs", job.id)))
         self.manager.jobs.pop(job.id, None)
         if job.successor is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -20,13 +21,14 @@ from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.reboot import Rebooter, report_completed, settle
-from node_agent.agent.recovery import recover
+from node_agent.agent.recovery import end_vanished_jobs, recover
 from node_agent.agent.resources import ResourceStaging
 from node_agent.agent.scheduling import Scheduling
 from node_agent.agent.starttask import StartTaskRunner, configured_start_task
+from node_agent.agent.supervisors import Supervisors
 from node_agent.agent.sweeper import DiskPolicy, Sweeper
 from node_agent.config import AgentSettings
-from node_agent.errors import ConfigError
+from node_agent.errors import ConfigError, StoreCorrupt
 from node_agent.identity.ownership import unreachable_ancestor
 from node_agent.identity.users import TaskUsers, UserMode
 from node_agent.ops import health, metrics, sdnotify
@@ -40,7 +42,8 @@ from node_agent.staging.stage import Stager, StagingOptions
 from node_agent.store.boot import read_boot_id
 from node_agent.store.lock import lock_state_dir
 from node_agent.store.records import RecordStore
-from node_agent.transport.mqtt import MqttTransport, Outgoing, SessionOptions
+from node_agent.transport.mqtt import Ack, MqttTransport, Outgoing, SessionOptions
+from node_agent.transport.outbox import OUTBOX_FILE, OutboxStore
 from node_agent.wire.status import NodeStateName, TaskUserMode
 from node_agent.wire.topics import Topics
 
@@ -166,12 +169,14 @@ async def _serve(
             if scheduling is not None:
                 scheduling.on_load_change()
 
+        await _open_outbox(transport)
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
         resources = ResourceStaging(stager, publisher)
+        supervisors = Supervisors(settings.resolved_state_dir, boot_id)
         ctx = NodeContext(
-            layout, store, publisher, boot_id, group, load_changed, processes, deadlines, users, resources
+            layout, store, publisher, boot_id, group, load_changed, processes, deadlines, supervisors, users, resources
         )
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
@@ -188,8 +193,14 @@ async def _serve(
         )
         transport.on_message = dispatcher.on_message
 
+        first_connect = True
+
         async def on_connected() -> None:
+            nonlocal first_connect
             reporter.publish()
+            if first_connect:  # the retained job documents are on their way: jobs deleted meanwhile have none
+                first_connect = False
+                group.create_task(end_vanished_jobs(manager, settings.job_wait.total_seconds()), name="vanished")
             metrics.broker_connects.inc()
             if transport_sessions:
                 metrics.broker_reconnects.inc()
@@ -212,13 +223,23 @@ async def _serve(
         await stopping.wait()
         sdnotify.notify("STOPPING=1", "STATUS=stopping: handing back or finishing running tasks")
         await starter.stop()
-        await manager.shutdown(settings.shutdown_grace.total_seconds())
+        await manager.shutdown(settings.shutdown_grace.total_seconds(), keep_running=settings.tasks_on_stop == "keep")
         await dispatcher.close()
         reporter.publish(NodeStateName.OFFLINE)
         if not await transport.flush(timeout_s=5):
             log.warning("agent.unflushed", reason="broker unreachable; retained state falls back to the last will")
         transport_stop.set()
     log.info("agent.stopped")
+
+
+async def _open_outbox(transport: MqttTransport) -> None:
+    try:
+        left = await transport.open_outbox()
+    except sqlite3.Error as exc:
+        path = transport.durable.path if transport.durable else "?"
+        raise StoreCorrupt(f"the outbox {path} is unreadable: {exc}; move it aside to start without it") from exc
+    if left:
+        log.info("outbox.recovered", messages=left)
 
 
 async def _node_lifecycle(
@@ -317,6 +338,7 @@ def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
         tls_ca_file=settings.tls_ca_file,
         tls_cert_file=settings.tls_cert_file,
         tls_key_file=settings.tls_key_file,
+        manual_ack=True,  # PROTOCOL.md: a command is acknowledged to the broker once applied or stored
     )
     brokers = settings.brokers
     if any(broker.tls for broker in brokers):
@@ -328,9 +350,10 @@ def _transport(settings: AgentSettings, topics: Topics) -> MqttTransport:
         brokers=brokers,
         options=options,
         on_message=_not_ready,
+        durable=OutboxStore(settings.resolved_state_dir / OUTBOX_FILE),
         subscriptions=(topics.all_jobs, topics.node_commands(settings.node_id), topics.pool(settings.pool_id)),
     )
 
 
-async def _not_ready(topic: str, payload: bytes, retained: bool) -> None:
+async def _not_ready(topic: str, payload: bytes, retained: bool, ack: Ack) -> None:
     raise RuntimeError("message handler not set")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from node_agent.client.nodes import NodeOperations
 from node_agent.client.view import NoNodeAvailable, PoolView
 from node_agent.config import parse_broker_urls
-from node_agent.transport.mqtt import MqttTransport, SessionOptions
+from node_agent.transport.mqtt import Ack, MqttTransport, SessionOptions
 from node_agent.wire.base import utcnow
 from node_agent.wire.commands import GET_FILE_MAX_LENGTH, Reply
 from node_agent.wire.specs import Job, JobState, TaskSpec
@@ -158,7 +158,7 @@ class BatchClient:
 
     # -- incoming ----------------------------------------------------------------------------------------
 
-    async def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+    async def _on_message(self, topic: str, payload: bytes, retained: bool, ack: Ack) -> None:
         levels = self.topics.levels(topic) or []
         try:
             self._apply(levels, payload)

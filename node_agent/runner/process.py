@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import shlex
 import signal
-import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +15,7 @@ import psutil
 import structlog
 
 from node_agent.errors import TaskFailure
+from node_agent.runner.outputs import identity_keywords, open_outputs
 
 log = structlog.get_logger(__name__)
 
@@ -52,33 +51,15 @@ def split_command_line(command_line: str) -> list[str]:
 
 
 def _open_outputs(spec: ProcessSpec) -> tuple[int, int]:
-    # O_NOFOLLOW: the task's user owns its directory and could leave a link to a file of the agent's in place.
-    # Truncated only once known to be a regular file of one link (not a hard link to someone else's file).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-    fds: list[int] = []
     try:
-        for path in (spec.stdout, spec.stderr):
-            fds.append(os.open(path, flags, 0o640))
-            info = os.fstat(fds[-1])
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise OSError(errno.EPERM, "not a regular file of its own", str(path))
-            os.ftruncate(fds[-1], 0)
-            os.set_blocking(fds[-1], True)
-            if spec.uid is not None and spec.gid is not None:
-                os.fchown(fds[-1], spec.uid, spec.gid)  # the task's output belongs to the task's user
+        return open_outputs(spec.stdout, spec.stderr, spec.uid, spec.gid)
     except OSError as exc:
-        for fd in fds:
-            os.close(fd)
         raise TaskFailure("CommandLaunchFailed", f"cannot open the task's output file: {exc}") from exc
-    return fds[0], fds[1]
 
 
 def _identity(spec: ProcessSpec) -> dict[str, object]:
     """The keywords that switch the child to the task's user; none when it runs as the agent's user."""
-    switch: dict[str, object] = {} if spec.umask is None else {"umask": spec.umask}
-    if spec.uid is not None:
-        switch.update(user=spec.uid, group=spec.gid, extra_groups=[])  # [] drops supplementary groups
-    return switch
+    return identity_keywords(spec.uid, spec.gid, spec.umask)
 
 
 async def _spawn(spec: ProcessSpec, argv: list[str]) -> asyncio.subprocess.Process:

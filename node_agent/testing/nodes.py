@@ -13,8 +13,10 @@ from typing import Protocol, Self
 
 import psutil
 
+from node_agent import faults
 from node_agent.brokers import BrokerHandle, broker_url
 from node_agent.client.pool import BatchClient
+from node_agent.client.view import PLACEABLE
 from node_agent.localpool import STOP_TIMEOUT_S, LocalAgent, make_agent
 from node_agent.runner.process import kill_tree
 from node_agent.testing.proxy import BrokerProxy
@@ -45,10 +47,17 @@ def fresh_prefix() -> str:
 
 
 async def wait_ready(client: BatchClient, nodes: Sequence[Started], timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Wait until each node's retained state says idle, published by the run that started at ``started_at``."""
+    """Wait until each node's retained state says idle or running, published by the run that started at
+    ``started_at``."""
     since = min(node.started_at for node in nodes)
+
+    def ready() -> bool:
+        # idle, or running: a restarted agent may have adopted running tasks or queued accepted ones again
+        states = [client.view.nodes.get(node.node_id) for node in nodes]
+        return all(s is not None and s.state in PLACEABLE and s.last_heartbeat >= since for s in states)
+
     try:
-        await client.wait_for_nodes([node.node_id for node in nodes], timeout_s=timeout_s, since=since)
+        await client.wait_until(lambda: ready() or None, timeout_s)
     except TimeoutError:
         logs = "\n".join(f"--- {node.node_id}\n{_log_tail(node.log_file)}" for node in nodes)
         raise AssertionError(f"agents not ready in {timeout_s:g} s:\n{logs}") from None
@@ -143,6 +152,22 @@ class FakeNode:
         self._orphans.extend(_descendants(process))
         return await self.agent.kill()
 
+    async def crash_at(self, point: str) -> None:
+        """Restart the agent armed to SIGKILL itself at a named point (see ``node_agent.faults``); then trigger
+        that point and await ``crashed()``."""
+        await self.stop()
+        self.agent.env[faults.ENV] = point
+        await self.start()
+
+    async def crashed(self, timeout_s: float = READY_TIMEOUT_S) -> int:
+        """Wait until the armed agent killed itself, and disarm it: the next ``start()`` runs normally."""
+        process = self.agent.process
+        assert process is not None, "the agent was never started"
+        async with asyncio.timeout(timeout_s):
+            code = await process.wait()
+        self.agent.env.pop(faults.ENV, None)
+        return code
+
     async def reboot(self) -> None:
         """Stop, take a new boot id, start (and wait until ready): preparation tasks run again."""
         await self.stop()
@@ -198,7 +223,7 @@ class FakeNode:
         process = self.agent.process
         if process is not None and process.returncode is None:  # not reaped yet: the pid is still the agent's
             kill_tree(process.pid)
-        for orphan in self._orphans:
+        for orphan in [*self._orphans, *_of_root(self.root)]:
             if orphan.is_running():  # psutil compares start times: not a newcomer under a reused pid
                 kill_tree(orphan.pid)  # a task leads its own process group: what it started goes too
 
@@ -291,6 +316,18 @@ async def _start_proxies(ports: Sequence[int]) -> list[BrokerProxy]:
         await asyncio.gather(*(proxy.close() for proxy in proxies))
         raise
     return proxies
+
+
+def _of_root(root: Path) -> list[psutil.Process]:
+    """Task processes (and their supervisors) of this node root, wherever a crashed agent left them."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("AZ_BATCH_NODE_ROOT_DIR") == str(root):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _descendants(process: asyncio.subprocess.Process | None) -> list[psutil.Process]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,16 +18,21 @@ import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
 from node_agent.config import BrokerAddress
+from node_agent.transport.outbox import OutboxStore
 
 log = structlog.get_logger(__name__)
 
-MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]
+Ack = Callable[[], None]
+# (topic, payload, retained, ack): with SessionOptions.manual_ack the broker gets the PUBACK only when the handler
+# calls ack() (once the message is applied or stored); otherwise ack is a no-op and paho acknowledges on receipt.
+MessageHandler = Callable[[str, bytes, bool, Ack], Awaitable[None]]
 NODELAY = (
     socket.IPPROTO_TCP,
     socket.TCP_NODELAY,
     1,
 )  # without it a QoS 1 round trip waits ~40 ms (bench/rtt.py)
 BACKOFF_FIRST_S = 0.1
+OUTBOX_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,7 @@ class Outgoing:
     topic: str
     payload: bytes
     retain: bool = False
+    seq: int | None = None  # its row in the durable outbox, deleted once the broker acknowledged it
 
 
 @dataclass(slots=True)
@@ -44,6 +51,7 @@ class SessionOptions:
     keepalive_s: int = 30
     backoff_max_s: float = 10.0
     tls_ca_file: Path | None = None  # for mqtts://: trust this CA file instead of the system's CA certificates
+    manual_ack: bool = False  # PUBACK only when the handler calls ack(): a message lost in a crash is redelivered
     tls_cert_file: Path | None = None  # for mqtts://: present this client certificate (PEM) ...
     tls_key_file: Path | None = None  # ... with this private key (PEM, unencrypted)
 
@@ -57,27 +65,86 @@ class SessionOptions:
 
 @dataclass(slots=True)
 class MqttTransport:
-    """Publishes through an in-memory, ordered outbox, so a broker outage delays messages but loses none."""
+    """Publishes through an ordered outbox, so a broker outage delays messages but loses none; with a ``durable``
+    OutboxStore, neither does a crash of this process (a message is sent only once it is on disk)."""
 
     brokers: Sequence[BrokerAddress]
     options: SessionOptions
     on_message: MessageHandler
     subscriptions: Sequence[str] = ()
     on_connected: Callable[[], Awaitable[None]] | None = None
+    durable: OutboxStore | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     current: BrokerAddress | None = None  # the broker (node of a cluster) of the live or the last session
     _outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     _pending: Outgoing | None = None
     _was_connected: bool = False
+    _unsaved: list[Outgoing] = field(default_factory=list)
+    _acked: list[int] = field(default_factory=list)
+    _dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    _published: int = 0
+    _saved: int = 0
+    _saved_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Queue a QoS 1 message; it is sent in order once (and whenever) the broker is reachable."""
-        self._outbox.put_nowait(Outgoing(topic, payload, retain))
+        if self.durable is None:
+            self._outbox.put_nowait(Outgoing(topic, payload, retain))
+            return
+        self._unsaved.append(Outgoing(topic, payload, retain))
+        self._published += 1
+        self._dirty.set()
+
+    async def persisted(self) -> None:
+        """Return once every message queued so far would survive a crash of this process."""
+        if self.durable is None:
+            return
+        target = self._published
+        async with self._saved_changed:
+            await self._saved_changed.wait_for(lambda: self._saved >= target)
+
+    async def open_outbox(self) -> int:
+        """Read back what a previous run left unsent (before anything new is published); returns the count."""
+        if self.durable is None:
+            return 0
+        rows = await self.durable.open()
+        for row in rows:
+            self._outbox.put_nowait(Outgoing(row.topic, row.payload, row.retain, row.seq))
+        return len(rows)
+
+    async def _persist(self, closing: asyncio.Event) -> None:
+        """The one writer of the durable outbox: what a previous run left first, then new messages in order;
+        a message joins the send queue only once it is on disk, and leaves the disk once acknowledged."""
+        assert self.durable is not None
+        while True:
+            await _first_event(self._dirty, closing)
+            self._dirty.clear()
+            added, self._unsaved = self._unsaved, []
+            acked, self._acked = self._acked, []
+            if added or acked:
+                try:
+                    seqs = await self.durable.apply([(m.topic, m.payload, m.retain) for m in added], acked)
+                except sqlite3.Error as exc:  # a full disk, say: keep everything in memory and try again
+                    log.error("outbox.write_failed", error=str(exc), waiting=len(added))
+                    self._unsaved, self._acked = added + self._unsaved, acked + self._acked
+                    await _wait_or_stop(closing, OUTBOX_RETRY_S)
+                    self._dirty.set()
+                    if closing.is_set():
+                        return
+                    continue
+                for message, seq in zip(added, seqs, strict=True):
+                    self._outbox.put_nowait(Outgoing(message.topic, message.payload, message.retain, seq))
+                async with self._saved_changed:
+                    self._saved += len(added)
+                    self._saved_changed.notify_all()
+            if closing.is_set() and not self._unsaved and not self._acked:
+                return
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued message has been acknowledged by the broker."""
         try:
             async with asyncio.timeout(timeout_s):
+                await self.persisted()
                 await self._outbox.join()
         except TimeoutError:
             return False
@@ -85,6 +152,21 @@ class MqttTransport:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Stay connected until ``stopping`` is set; reconnect with jittered backoff on failure."""
+        if self.durable is None:
+            await self._connect_loop(stopping)
+            return
+        closing = asyncio.Event()
+        writer = asyncio.create_task(self._persist(closing), name="mqtt-outbox")
+        try:
+            await self._connect_loop(stopping)
+        finally:
+            closing.set()  # the writer stores what is still queued (sent or not), then ends
+            await asyncio.wait({writer}, timeout=10)
+            if not writer.done():
+                writer.cancel()
+            await self.durable.close()
+
+    async def _connect_loop(self, stopping: asyncio.Event) -> None:
         delay = BACKOFF_FIRST_S
         for broker in cycle(self.brokers):
             if stopping.is_set():
@@ -101,6 +183,8 @@ class MqttTransport:
 
     async def _session(self, broker: BrokerAddress, stopping: asyncio.Event) -> None:
         async with self._client(broker) as client:
+            if self.options.manual_ack:
+                client._client.manual_ack_set(True)  # aiomqtt 2.x does not wrap paho's manual ack
             for topic in self.subscriptions:
                 if is_refused(await client.subscribe(topic, qos=1)):
                     # NATS refuses a subscription while JetStream cannot create its consumer (busy, electing a
@@ -145,7 +229,8 @@ class MqttTransport:
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            await self.on_message(message.topic.value, payload, message.retain)
+            ack = _acker(client, message.mid, message.qos) if self.options.manual_ack else _no_ack
+            await self.on_message(message.topic.value, payload, message.retain, ack)
 
     async def _send(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -155,6 +240,38 @@ class MqttTransport:
             await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
             self._pending = None
             self._outbox.task_done()
+            if item.seq is not None:
+                self._acked.append(item.seq)
+                self._dirty.set()
+
+
+async def _first_event(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _no_ack() -> None:
+    pass
+
+
+def _acker(client: aiomqtt.Client, mid: int, qos: int) -> Ack:
+    """The PUBACK of one message, sent at most once and only on the connection that received it: a message id
+    means nothing on a later connection, and there the broker redelivers the message anyway."""
+    sent = False
+
+    def ack() -> None:
+        nonlocal sent
+        if sent or qos == 0:
+            return
+        sent = True
+        if client._client.is_connected():
+            client._client.ack(mid, qos)
+
+    return ack
 
 
 def fail_fast_on_early_close(client: aiomqtt.Client) -> None:

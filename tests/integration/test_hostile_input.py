@@ -96,7 +96,8 @@ class Agent:
             tasks = [task for (job_id, _), task in self.client.view.tasks.items() if job_id == "seed"]
             return all(task.state == "completed" for task in tasks)
 
-        await self.client.wait_until(done, TIMEOUT_S)
+        # Every task starts its own supervisor process (ADR 0011): on a loaded machine ~50 of them take a while.
+        await self.client.wait_until(done, 3 * TIMEOUT_S)
 
     async def publish_job(self, job_id: str, payload: bytes) -> None:
         await self.raw.publish(f"{self.raw.prefix}/jobs/{job_id}", payload, retain=True)

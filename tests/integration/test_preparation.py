@@ -146,7 +146,9 @@ async def test_prep_not_rerun_after_reboot_when_rerun_on_reboot_is_false(pool, c
 
 
 async def test_prep_reruns_after_agent_restart_if_it_had_not_completed(pool, client: BatchClient) -> None:
-    [node] = await pool(1)
+    # handback: the stop kills the preparation (with the default, keep, the next start adopts it instead:
+    # tests/faults/test_kills.py)
+    [node] = await pool(1, env={"NODE_AGENT_TASKS_ON_STOP": "handback"})
     prep = JobPreparationTask(command_line=sh(f"{COUNT_PREP} && {GATE}"))
     await client.create_job(Job(id="j1", job_preparation_task=prep))
     await client.add_task("j1", TaskSpec(id="t1", command_line="true"), node_id=node.node_id)

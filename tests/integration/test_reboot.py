@@ -107,7 +107,8 @@ async def test_reimage_wipes_node_root_and_preparation_runs_again(pool, client: 
 
 
 async def test_reboot_recorded_before_an_agent_stop_is_resumed_at_the_next_start(pool, client: BatchClient) -> None:
-    [node] = await pool(1, env={**REBOOTABLE, "NODE_AGENT_SHUTDOWN_GRACE": "PT0S"})
+    env = {**REBOOTABLE, "NODE_AGENT_SHUTDOWN_GRACE": "PT0S", "NODE_AGENT_TASKS_ON_STOP": "handback"}
+    [node] = await pool(1, env=env)
     events = Events(client)
     await client.create_job(Job(id="j"))
     await client.add_task("j", TaskSpec(id="t", command_line=sh(GATE)), node_id=node.node_id)
@@ -117,6 +118,27 @@ async def test_reboot_recorded_before_an_agent_stop_is_resumed_at_the_next_start
     assert await node.stop() == 0  # SIGTERM while the reboot waits for the task: the task is handed back
     await events.wait_for("taskHandedBack", task_id="t", code="NodeAgentStopped")
     await node.start(ready=False)  # same boot: the recorded reboot goes on, with nothing left to wait for
+    await node.rebooted()
+
+    await events.wait_for("nodeRebooted", node_id=node.node_id)
+    assert client.view.nodes[node.node_id].boot_id == "boot-2"
+
+
+async def test_reboot_waiting_for_a_task_kept_over_an_agent_stop_waits_for_it_after_the_restart(
+    pool, client: BatchClient
+) -> None:
+    [node] = await pool(1, env=REBOOTABLE)  # tasks_on_stop keep: the running task stays with its supervisor
+    events = Events(client)
+    await client.create_job(Job(id="j"))
+    await client.add_task("j", TaskSpec(id="t", command_line=sh(f"{GATE}; exit 4")), node_id=node.node_id)
+    await task_in(client, "j", "t", TaskState.RUNNING)
+    await client.nodes.reboot(node.node_id, "taskcompletion")
+
+    assert await node.stop() == 0  # the stop does not wait for the reboot's wait for the task
+    await node.start(ready=False)  # same boot: the task is adopted and the reboot waits for it again
+    open_gate(node)
+    task = await task_in(client, "j", "t", TaskState.COMPLETED)
+    assert task.execution_info.exit_code == 4
     await node.rebooted()
 
     await events.wait_for("nodeRebooted", node_id=node.node_id)

@@ -40,7 +40,7 @@ async def test_sigterm_stops_an_idle_agent_with_status_0_and_state_offline(pool,
 async def test_sigterm_during_a_task_kills_its_tree_and_hands_back_running_and_waiting_tasks(
     pool, client: BatchClient, tmp_path: Path
 ) -> None:
-    [node] = await pool(1, env={"NODE_AGENT_SHUTDOWN_GRACE": "PT1S"})
+    [node] = await pool(1, env={"NODE_AGENT_SHUTDOWN_GRACE": "PT1S", "NODE_AGENT_TASKS_ON_STOP": "handback"})
     events: list[Event] = []
     client.on_event = events.append
     await client.create_job(Job(id="j"))
@@ -182,3 +182,32 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     result = run_agent(tmp_path, {}, "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "missing.toml" in result.stderr
+
+
+async def test_sigterm_leaves_running_tasks_to_their_supervisors_and_the_next_start_adopts_them(
+    pool, client: BatchClient
+) -> None:
+    """The default (tasks_on_stop = keep): an upgrade or ``systemctl restart`` does not stop running tasks."""
+    [node] = await pool(1)
+    events: list[Event] = []
+    client.on_event = events.append
+    await client.create_job(Job(id="j"))
+    gate = node.root / "shared/gate"
+    os.mkfifo(gate)
+    script = f"echo $$ > {node.root}/shared/pid; read line < {gate}; exit 4"
+    with Fifo(node.root / "shared/pid") as pids:
+        body = {"type": "addTask", "jobId": "j", "task": {"id": "long", "commandLine": f"/bin/sh -c '{script}'"}}
+        await client.command(node.node_id, body)
+        task_process = open_pidfd(int(await pids.read_line()))
+
+    assert await node.stop(timeout_s=TIMEOUT_S) == 0
+    assert not has_exited(task_process, timeout_s=0)
+    await node.start()
+    gate.write_text("go\n")
+
+    task = await client.wait_until(
+        lambda: t if (t := client.view.tasks.get(("j", "long"))) and t.state == TaskState.COMPLETED else None,
+        TIMEOUT_S,
+    )
+    assert task.execution_info.exit_code == 4
+    assert not [e for e in events if e.type == "taskHandedBack"]

@@ -6,6 +6,7 @@ import os
 import pwd
 from pathlib import Path
 
+import psutil
 import pytest
 
 from node_agent.client.pool import BatchClient
@@ -20,6 +21,7 @@ from node_agent.wire.specs import (
     UserIdentity,
 )
 from node_agent.wire.status import Task
+from tests.faults.conftest import SHARED, Gate
 from tests.integration.test_release import release_info, sh
 from tests.integration.test_retention import FAST_SWEEP, Removals, kept_for, task_dir
 
@@ -164,3 +166,50 @@ async def test_node_state_says_whether_tasks_run_as_task_users(pool, client: Bat
     assert (state.is_privileged, state.task_user_mode) == (is_root, "taskUsers" if is_root else "agentUser")
     warned = '"event": "agent.development_mode"' in node.log_file.read_text()
     assert warned != is_root  # an unprivileged agent says at start-up that every task runs as its user
+
+
+def _groups(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Groups:"):
+            return [int(group) for group in line.split()[1:]]
+    raise AssertionError(f"no Groups line for {pid}")
+
+
+@needs_root
+async def test_supervised_task_runs_as_the_pool_user_under_a_root_shim_and_outlives_an_agent_kill(
+    pool, client: BatchClient
+) -> None:
+    [node] = await pool(1)
+    gate = Gate(node, "g")
+    state = node.agent.state_dir
+    supervised = state / "supervised"
+    probe = f"id -u; id -g; umask; ls {state} > /dev/null 2>&1; echo $?; ls {supervised} > /dev/null 2>&1; echo $?"
+    wait = f"echo $$ > {SHARED}/g.pid; read line < {SHARED}/g.gate; exit 5"
+    await client.create_job(Job(id="j"))
+    await client.add_task("j", TaskSpec(id="t", command_line=sh(f"{probe}; {wait}")))
+    pid = await gate.running()
+
+    account = pwd.getpwnam(pool_user_name("pool1"))
+    task = psutil.Process(pid)
+    shim = task.parent()
+    assert shim is not None and "node_agent.runner.shim" in shim.cmdline()
+    assert tuple(shim.uids()) == (0, 0, 0), "the shim keeps the agent's identity to write its status"
+    assert tuple(task.uids()) == (account.pw_uid,) * 3 and tuple(task.gids()) == (account.pw_gid,) * 3
+    assert _groups(pid) == []  # no supplementary group
+    folder = supervised / "j" / "t"
+    assert folder.stat().st_uid == 0 and folder.stat().st_mode & 0o077 == 0
+    assert state.stat().st_mode & 0o777 == 0o700
+
+    await node.kill()
+    await node.start()
+    assert task.is_running(), "the task runs on while no agent watches it"
+    await gate.open()
+    [done] = await client.wait_for_tasks("j", ["t"], timeout_s=TIMEOUT_S)
+
+    assert done.execution_info.exit_code == 5
+    assert done.execution_info.failure_info is not None
+    assert done.execution_info.failure_info.code == "FailureExitCode"
+    uid, gid, umask, state_status, supervised_status = stdout(node, "j", "t").split()
+    assert (uid, gid, umask) == (str(account.pw_uid), str(account.pw_gid), "0007")
+    assert state_status != "0" and supervised_status != "0", "a task must not reach the agent's state directory"
+    assert (task_dir(node, "j", "t") / "stdout.txt").stat().st_uid == account.pw_uid

@@ -1,0 +1,78 @@
+"""The task supervisors of this node: their folders, which ones a new agent adopts, and detaching at stop.
+
+Each task, preparation and release runs under its own supervisor process (``runner/shim.py``), with its
+files in ``state_dir/supervised/<jobId>/<taskId>/``. At start-up, before any orphan is killed, ``scan()``
+finds the folders an agent of this boot left: a shim still running, or one that recorded an exit status, is
+adopted (its pids are spared); anything else is lost and its folder removed (ADR 0006, ADR 0011).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import psutil
+import structlog
+
+from node_agent.runner.supervised import Supervision, is_adoptable, shim_alive
+
+log = structlog.get_logger(__name__)
+
+
+class Supervisors:
+    def __init__(self, state_dir: Path, boot_id: str) -> None:
+        self.root = state_dir / "supervised"
+        self.boot_id = boot_id
+        self.adoptable: set[tuple[str, str]] = set()
+        self.detach = asyncio.Event()  # set at a stop that leaves running tasks to their supervisors
+
+    def supervision(self, job_id: str, task_id: str) -> Supervision:
+        return Supervision(self.root / job_id / task_id, self.boot_id)
+
+    def scan(self) -> set[int]:
+        """Find the adoptable supervisors (blocking); return the pids to spare: each live shim and its tree."""
+        spare: set[int] = set()
+        lost = []
+        for folder in sorted(self.root.glob("*/*")):
+            if not is_adoptable(folder, self.boot_id):
+                lost.append(folder)
+                continue
+            self.adoptable.add((folder.parent.name, folder.name))
+            pid = shim_alive(folder)
+            if pid is not None:
+                spare.add(pid)
+                spare.update(_descendants(pid))
+        for folder in lost:
+            shutil.rmtree(folder, ignore_errors=True)
+        if self.adoptable or lost:
+            log.info("recovery.supervisors", adoptable=len(self.adoptable), lost=len(lost))
+        return spare
+
+    def take(self, job_id: str, task_id: str) -> bool:
+        """Whether this task's supervisor is to be adopted (once: the first caller gets it)."""
+        key = (job_id, task_id)
+        if key in self.adoptable:
+            self.adoptable.discard(key)
+            return True
+        return False
+
+    async def forget(self, job_id: str, task_id: str) -> None:
+        """The task's result is recorded: its supervisor folder is no longer needed."""
+        await asyncio.to_thread(shutil.rmtree, self.root / job_id / task_id, ignore_errors=True)
+
+    async def forget_job(self, job_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.root / job_id, ignore_errors=True)
+
+    async def forget_unadopted(self) -> None:
+        """Folders nobody adopted at start-up (their task was completed or handed back)."""
+        for job_id, task_id in sorted(self.adoptable):
+            await self.forget(job_id, task_id)
+        self.adoptable.clear()
+
+
+def _descendants(pid: int) -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return set()

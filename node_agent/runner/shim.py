@@ -1,0 +1,175 @@
+"""The per-task supervisor process: ``python -m node_agent.runner.shim DIR`` owns one task process.
+
+It outlives the agent (its own session, not the agent's child once the agent is gone): it starts the
+command that ``DIR/spec.json`` describes (after recording itself in ``DIR/shim.json``) as the task's user
+(``uid``, ``gid``, no supplementary groups, ``umask``: the same switch and output-file rules as
+``runner/process.py``, from ``runner/outputs.py``), while the shim itself keeps the agent's identity, so that
+it can write in ``DIR`` (inside the agent's state directory, which tasks cannot reach); records the child in
+``DIR/started.json``, kills the child's
+whole tree when the wall-clock deadline (absolute, so a new agent keeps the original start) passes or on
+SIGTERM, and writes ``DIR/status.json`` (``exitCode``, ``timedOut``, ``killed``, or ``launchError``)
+atomically before it exits. The agent, or the agent that replaces it, reads that file
+([ADR 0011](../../docs/adr/0011-task-supervisor.md)). Standard library and psutil only: it starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from node_agent.runner.outputs import identity_keywords, open_outputs
+
+SPEC, SHIM, STARTED, STATUS = "spec.json", "shim.json", "started.json", "status.json"
+MAX_WAIT_S = 86400.0
+
+
+def write_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write, fsync, rename, fsync the directory: a reader sees the whole file or none."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(json.dumps(document).encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the process group the child leads and every descendant psutil can see."""
+    try:
+        victims = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        victims = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+class Supervisor:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.spec: dict[str, Any] = json.loads((folder / SPEC).read_text())
+        self.child: subprocess.Popen[bytes] | None = None
+        self.killed = False
+
+    def on_term(self, signum: int, frame: object) -> None:
+        self.killed = True
+        if self.child is not None:
+            kill_tree(self.child.pid)
+
+    def launch(self) -> subprocess.Popen[bytes] | None:
+        spec = self.spec
+        uid, gid, umask = spec.get("uid"), spec.get("gid"), spec.get("umask")
+        try:
+            out, err = open_outputs(spec["stdout"], spec["stderr"], uid, gid)
+        except OSError as exc:
+            self.finish({"launchError": "CommandLaunchFailed", "message": f"cannot open the task's output file: {exc}"})
+            return None
+        try:
+            child: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+                spec["argv"],
+                cwd=spec["cwd"],
+                env=spec["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # the child leads its own group: its whole tree can be killed as one
+                **identity_keywords(uid, gid, umask),  # the task's user; the shim stays the agent's
+            )
+            return child
+        except FileNotFoundError as exc:
+            message = f"program {spec['argv'][0]!r} was not found: {exc}"
+            self.finish({"launchError": "CommandProgramNotFound", "message": message})
+        except PermissionError as exc:
+            message = f"program {spec['argv'][0]!r} could not start as its user: {exc}"
+            self.finish({"launchError": "CommandLaunchFailed", "message": message})
+        except OSError as exc:
+            message = f"program {spec['argv'][0]!r} could not start: {exc}"
+            self.finish({"launchError": "CommandLaunchFailed", "message": message})
+        finally:
+            os.close(out)
+            os.close(err)
+        return None
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.on_term)
+        # Before the child exists: whoever finds this shim alive knows it owns (or will own) the task, so a new
+        # agent adopts it instead of killing a task that may already have done part of its work.
+        write_atomic(self.folder / SHIM, {"shimPid": os.getpid(), "shimCreateTime": psutil.Process().create_time()})
+        child = self.launch()
+        if child is None:
+            return
+        self.child = child
+        write_atomic(
+            self.folder / STARTED,
+            {"pid": child.pid, "createTime": psutil.Process(child.pid).create_time()},
+        )
+        _tell_started()
+        if self.killed:  # SIGTERM came before the child existed
+            kill_tree(child.pid)
+        timed_out = not self.wait_until_deadline(child)
+        if timed_out:
+            kill_tree(child.pid)
+        code = child.wait()
+        self.finish({"exitCode": 128 - code if code < 0 else code, "timedOut": timed_out, "killed": self.killed})
+
+    def wait_until_deadline(self, child: subprocess.Popen[bytes]) -> bool:
+        """Whether the child exited (or was killed on SIGTERM) before the deadline; a pidfd, no polling."""
+        deadline = self.spec.get("deadline")
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            while True:
+                # At most a day per wait: select() cannot take a timeout past time_t (a limit of P99999999D).
+                left = None if deadline is None else min(max(0.0, deadline - time.time()), MAX_WAIT_S)
+                readable, _, _ = select.select([pidfd], [], [], left)  # a signal resumes the select (PEP 475)
+                if readable or self.killed:
+                    return True
+                if deadline is not None and time.time() >= deadline:
+                    return False
+        finally:
+            os.close(pidfd)
+
+    def finish(self, status: dict[str, Any]) -> None:
+        write_atomic(self.folder / STATUS, {**status, "endTime": time.time()})
+
+
+def _tell_started() -> None:
+    """One line on stdout (a pipe the agent reads) once started.json is on disk; then stdout is closed, so a
+    dead agent's pipe can never hurt the shim."""
+    try:
+        sys.stdout.write("started\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+    finally:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # writes to a closed pipe fail with EPIPE instead
+    Supervisor(Path(sys.argv[1])).run()
+
+
+if __name__ == "__main__":
+    main()

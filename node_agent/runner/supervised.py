@@ -1,0 +1,258 @@
+"""A process run under its own supervisor (runner/shim.py), and the adoption of one a previous agent started.
+
+The supervisor folder (one per task, outside the node root) holds ``spec.json`` (written here before the
+spawn), ``shim.json``, ``started.json`` and ``status.json`` (written by the shim). A new agent in the same boot
+finds the folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock deadline in
+``spec.json`` is absolute, so the limit keeps counting from the original start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import structlog
+
+from node_agent.errors import TaskFailure
+from node_agent.runner.process import ExitResult, ProcessSpec, kill_tree, split_command_line
+from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_atomic
+
+log = structlog.get_logger(__name__)
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # so the shim imports this very node_agent
+TERM_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Supervision:
+    """Where one task's supervisor keeps its files, and the boot it belongs to."""
+
+    folder: Path
+    boot_id: str
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def shim_alive(folder: Path) -> int | None:
+    """The pid of the folder's shim if it still runs (same pid and start time), else None."""
+    shim = _read(folder / SHIM) or {}
+    pid, created = shim.get("shimPid"), shim.get("shimCreateTime")
+    if isinstance(pid, int) and created is not None and _create_time(pid) == created:
+        return pid
+    return None
+
+
+def is_adoptable(folder: Path, boot_id: str) -> bool:
+    """Started in this boot, and either finished (a status to read) or still supervised."""
+    spec = _read(folder / SPEC)
+    if spec is None or spec.get("bootId") != boot_id:
+        return False
+    return (folder / STATUS).exists() or shim_alive(folder) is not None
+
+
+def _prepare(folder: Path, spec: dict[str, Any]) -> int:
+    shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's files
+    folder.mkdir(parents=True, mode=0o700)
+    write_atomic(folder / SPEC, spec)
+    return os.open(folder / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+async def run_supervised(
+    spec: ProcessSpec,
+    kill: asyncio.Event,
+    supervision: Supervision,
+    on_spawn: Callable[[int], Awaitable[None]] | None = None,
+    detach: asyncio.Event | None = None,
+) -> ExitResult:
+    """Start the command under a new shim and wait for its status (see ``watch`` for kill and detach)."""
+    argv = split_command_line(spec.command_line)
+    limit = spec.max_wall_clock.total_seconds() if spec.max_wall_clock else None
+    document = {
+        "argv": argv,
+        "cwd": str(spec.cwd),
+        "env": spec.env,
+        "stdout": str(spec.stdout),
+        "stderr": str(spec.stderr),
+        "deadline": time.time() + limit if limit is not None else None,
+        "bootId": supervision.boot_id,
+        # The task's user (None: the agent's own); the shim switches only the child (runner/outputs.py).
+        "uid": spec.uid,
+        "gid": spec.gid,
+        "umask": spec.umask,
+    }
+    log_fd = await asyncio.to_thread(_prepare, supervision.folder, document)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        # subprocess.Popen, not asyncio's: asyncio kills a child still running when its transport closes, and
+        # the shim must outlive an agent that stops leaving tasks to their supervisors.
+        shim = await asyncio.to_thread(_spawn_shim, supervision.folder, spec.env, log_fd, write_end)
+    except OSError as exc:
+        os.close(read_end)
+        raise TaskFailure("CommandLaunchFailed", f"the task supervisor could not start: {exc}") from exc
+    finally:
+        os.close(log_fd)
+        os.close(write_end)
+    exited = asyncio.ensure_future(_exit_of(shim.pid))
+    exited.add_done_callback(lambda _: shim.poll())  # reap it
+    try:
+        await _first_line(read_end)  # "started" once started.json is written; EOF when the launch failed
+    except BaseException:
+        if detach is None or not detach.is_set():
+            await asyncio.shield(_end(supervision.folder, shim.pid, exited))
+        raise
+    finally:
+        os.close(read_end)
+    if on_spawn is not None:
+        await on_spawn(shim.pid)
+    return await watch(supervision.folder, shim.pid, exited, kill, detach)
+
+
+def _spawn_shim(folder: Path, env: dict[str, str], log_fd: int, pipe: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "node_agent.runner.shim", str(folder)],
+        # Its own small environment (the task's is in spec.json): a task's PYTHONHOME or LD_PRELOAD cannot
+        # break the supervisor; AZ_BATCH_NODE_ROOT_DIR marks it as this node's for the orphan scan.
+        env={
+            "PATH": os.defpath,
+            "PYTHONPATH": PACKAGE_PARENT,
+            **{name: env[name] for name in ("AZ_BATCH_NODE_ROOT_DIR",) if name in env},
+        },
+        stdin=subprocess.DEVNULL,
+        stdout=pipe,
+        stderr=log_fd,
+        cwd=folder,
+        start_new_session=True,  # outside the agent's process group: a signal to the agent's group spares it
+    )
+
+
+async def _first_line(fd: int) -> None:
+    """Wait for a line (or EOF) on a pipe without blocking the loop."""
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\n" not in data:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+        try:
+            chunk = os.read(fd, 64)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return
+        data += chunk
+
+
+async def adopt(supervision: Supervision, kill: asyncio.Event, detach: asyncio.Event | None = None) -> ExitResult:
+    """Wait for the shim a previous agent started in this boot, and return its real status."""
+    pid = await asyncio.to_thread(shim_alive, supervision.folder)
+    exited = asyncio.ensure_future(_exit_of(pid) if pid is not None else _done())
+    log.info("process.adopted", shim_pid=pid, folder=supervision.folder.name)
+    return await watch(supervision.folder, pid, exited, kill, detach)
+
+
+async def _done() -> None:
+    return None
+
+
+async def _exit_of(pid: int) -> None:
+    """Wait for a process that is not our child to exit: its pidfd becomes readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _resolve, exited)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def watch(
+    folder: Path, pid: int | None, exited: asyncio.Future[Any], kill: asyncio.Event, detach: asyncio.Event | None
+) -> ExitResult:
+    """Until the shim exits: on ``kill`` ask it (SIGTERM) to kill the task. Cancelled with ``detach`` set
+    (the agent stops and leaves tasks to their shims), the shim goes on; otherwise it is ended too."""
+    killer = asyncio.ensure_future(kill.wait())
+    try:
+        await asyncio.wait({exited, killer}, return_when=asyncio.FIRST_COMPLETED)
+        if not exited.done() and pid is not None:
+            _signal(pid, signal.SIGTERM)
+            await exited
+    except asyncio.CancelledError:
+        if detach is None or not detach.is_set():
+            await asyncio.shield(_end(folder, pid, exited))
+        raise
+    finally:
+        killer.cancel()
+    return await asyncio.to_thread(_result, folder)
+
+
+async def _end(folder: Path, pid: int | None, exited: asyncio.Future[Any]) -> None:
+    if pid is not None:
+        _signal(pid, signal.SIGTERM)
+        await asyncio.wait({exited}, timeout=TERM_GRACE_S)
+    await asyncio.to_thread(_kill_all, folder, pid)
+
+
+def _kill_all(folder: Path, shim_pid: int | None) -> None:
+    started = _read(folder / STARTED) or {}
+    child, created = started.get("pid"), started.get("createTime")
+    if isinstance(child, int) and created is not None and _create_time(child) == created:
+        kill_tree(child)
+    if shim_pid is not None and shim_alive(folder) == shim_pid:
+        kill_tree(shim_pid)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _result(folder: Path) -> ExitResult:
+    status = _read(folder / STATUS)
+    if status is None:
+        raise TaskFailure(
+            "TaskSupervisorLost",
+            "the task's supervisor ended without recording the task's exit status",
+            category="servererror",
+        )
+    if "launchError" in status:
+        raise TaskFailure(str(status["launchError"]), str(status.get("message", "")))
+    return ExitResult(int(status["exitCode"]), timed_out=bool(status["timedOut"]), killed=bool(status["killed"]))
