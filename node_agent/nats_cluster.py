@@ -32,7 +32,7 @@ from node_agent.brokers import (
 from node_agent.transport.mqtt import NODELAY, is_refused
 
 KIND = "nats-cluster"
-NODE_READY_TIMEOUT_S = 10.0
+NODE_READY_TIMEOUT_S = 30.0  # a JetStream metadata leader election can take long on a loaded machine
 CLUSTER_READY_TIMEOUT_S = 30.0
 PROBE_ATTEMPT_TIMEOUT_S = 10.0  # one cross-node round trip; JetStream may still be electing its leaders
 _RETRY_FIRST_S = 0.1

@@ -16,7 +16,7 @@ from node_agent.brokers import find_mosquitto
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 LIMIT = ["--timeout", "100"]  # the benches' own hard limit, below this test's
 TINY = {
-    "rtt.py": (["--count", "20"], "ratio off/on"),
+    "rtt.py": (["--count", "20"], "p50 of mosquitto"),
     "pool_start.py": (["--rounds", "1"], "ratio 3/1"),
     "dispatch.py": (["--count", "20", *LIMIT], "ratio addTask->completed / floor"),
     "throughput.py": (["--count", "20", "--slots", "2", *LIMIT], "ratio agent / bare"),

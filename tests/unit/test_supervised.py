@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -85,19 +87,23 @@ async def test_a_new_agent_adopts_a_running_supervisor_and_gets_the_real_exit_co
 
     first = asyncio.ensure_future(run_supervised(spec(tmp_path, script), asyncio.Event(), where, on_spawn, detach))
     pid = await fifo.read_pid()
-    await asyncio.wait_for(spawned.wait(), TIMEOUT_S)
-    fifo.close()
-    detach.set()  # the agent stops and leaves the task to its supervisor
-    first.cancel()
-    await asyncio.wait({first})
-    assert psutil.pid_exists(pid)
-    assert is_adoptable(where.folder, "boot-1") and not is_adoptable(where.folder, "boot-2")
+    try:
+        await asyncio.wait_for(spawned.wait(), TIMEOUT_S)
+        fifo.close()
+        detach.set()  # the agent stops and leaves the task to its supervisor
+        first.cancel()
+        await asyncio.wait({first})
+        assert psutil.pid_exists(pid)
+        assert is_adoptable(where.folder, "boot-1") and not is_adoptable(where.folder, "boot-2")
 
-    adopted = asyncio.ensure_future(adopt(where, asyncio.Event()))
-    await asyncio.to_thread(lambda: gate.write_text("go\n"))
-    result = await asyncio.wait_for(adopted, TIMEOUT_S)
-    assert result.exit_code == 5
-    assert shim_alive(where.folder) is None
+        adopted = asyncio.ensure_future(adopt(where, asyncio.Event()))
+        await asyncio.to_thread(lambda: gate.write_text("go\n"))
+        result = await asyncio.wait_for(adopted, TIMEOUT_S)
+        assert result.exit_code == 5
+        assert shim_alive(where.folder) is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # a failed test leaves no task (nor its supervisor) waiting on the gate
 
 
 async def test_adopted_supervisor_keeps_the_original_deadline(tmp_path: Path) -> None:
