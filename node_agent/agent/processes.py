@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psutil
 import structlog
 
-from node_agent.runner.process import kill_tree
+from node_agent.runner.tree import kill_tree
 from node_agent.store.records import RecordStore
 
 log = structlog.get_logger(__name__)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import psutil
 import structlog
 
 from node_agent.errors import TaskFailure
 from node_agent.runner.outputs import identity_keywords, open_outputs
+from node_agent.runner.tree import kill_tree
 
 log = structlog.get_logger(__name__)
 
@@ -84,26 +83,6 @@ async def _spawn(spec: ProcessSpec, argv: list[str]) -> asyncio.subprocess.Proce
     finally:
         os.close(out_fd)
         os.close(err_fd)
-
-
-def kill_tree(pid: int) -> int:
-    """SIGKILL the process, its process group and every descendant psutil can see; returns the count."""
-    victims: list[psutil.Process] = []
-    try:
-        root = psutil.Process(pid)
-        victims = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        pass
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for victim in victims:
-        try:
-            victim.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return len(victims)
 
 
 def _exit_code(returncode: int) -> int:

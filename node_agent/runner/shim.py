@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from node_agent.runner.outputs import identity_keywords, open_outputs
+from node_agent.runner.tree import kill_tree
 
 SPEC, SHIM, STARTED, STATUS = "spec.json", "shim.json", "started.json", "status.json"
 MAX_WAIT_S = 86400.0
@@ -45,23 +46,6 @@ def write_atomic(path: Path, document: dict[str, Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL the process group the child leads and every descendant psutil can see."""
-    try:
-        victims = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        victims = []
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for victim in victims:
-        try:
-            victim.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 class Supervisor:

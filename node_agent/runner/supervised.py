@@ -25,8 +25,9 @@ import psutil
 import structlog
 
 from node_agent.errors import TaskFailure
-from node_agent.runner.process import ExitResult, ProcessSpec, kill_tree, split_command_line
+from node_agent.runner.process import ExitResult, ProcessSpec, split_command_line
 from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_atomic
+from node_agent.runner.tree import kill_tree
 
 log = structlog.get_logger(__name__)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # so the shim imports this very node_agent

@@ -18,7 +18,7 @@ from node_agent.brokers import BrokerHandle, broker_url
 from node_agent.client.pool import BatchClient
 from node_agent.client.view import PLACEABLE
 from node_agent.localpool import STOP_TIMEOUT_S, LocalAgent, make_agent
-from node_agent.runner.process import kill_tree
+from node_agent.runner.tree import kill_tree
 from node_agent.testing.proxy import BrokerProxy
 
 READY_TIMEOUT_S = 20.0

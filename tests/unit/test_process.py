@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from node_agent.errors import TaskFailure
-from node_agent.runner.process import ProcessSpec, kill_tree, run_process, split_command_line
+from node_agent.runner.process import ProcessSpec, run_process, split_command_line
+from node_agent.runner.tree import kill_tree
 from tests.processes import Fifo, has_exited, open_pidfd
 
 TIMEOUT_S = 20.0
