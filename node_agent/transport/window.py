@@ -17,9 +17,9 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-# Messages in flight at most. One task publishes about 9; 64 lets a burst of several tasks go out in one go,
-# while a broker that stops acknowledging holds at most this many to send again. bench/dispatch.py and
-# bench/throughput.py measured no gain from more (the agent, not the broker, is then the bottleneck).
+# Messages in flight at most. One task publishes about 9, so 64 lets the messages of several tasks go out
+# without waiting for a PUBACK; after a lost connection at most this many are sent twice. MQTT 3.1.1 has no
+# receive maximum: the broker takes as many in flight as the client sends.
 WINDOW = 64
 # A message unacknowledged this long means a dead connection: drop it and reconnect (aiomqtt's timeout).
 ACK_TIMEOUT_S = 10.0
