@@ -1,4 +1,9 @@
-"""The retained NodeState of this agent: published on connect, on every load change, and as a heartbeat."""
+"""The retained NodeState of this agent: published on connect, on every change a scheduler sees, and as a heartbeat.
+
+A change of ``state``, ``schedulingState`` or the start task is published at once. A change of the running count
+alone (a task started or ended while others run) is published at most once per ``LOAD_INTERVAL_S``, with the
+count of that moment: a burst of tasks costs a few NodeStates, not two per task, and the last one is right.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from node_agent.agent.publisher import Publisher
 from node_agent.ops.figures import NodeFigures
 from node_agent.wire.base import utcnow
 from node_agent.wire.status import NodeState, NodeStateName, StartTaskInformation, TaskUserMode
+
+# How long a change of the running count alone may wait to be published, merged with the changes after it.
+LOAD_INTERVAL_S = 0.1
 
 
 class NodeStateReporter:
@@ -46,6 +54,8 @@ class NodeStateReporter:
         self.free_disk: int | None = None
         self.free_memory: int | None = None
         self.is_low_on_disk = False
+        self._published_at = float("-inf")  # event loop time of the last publication
+        self._later: asyncio.TimerHandle | None = None  # a coalesced load change waiting to be published
 
     def build(self, name: NodeStateName | None = None) -> NodeState:
         now = utcnow()
@@ -88,11 +98,24 @@ class NodeStateReporter:
         return (name, self.running, self.scheduling, self.start_task_info)
 
     def update(self, running: int | None = None) -> None:
-        """Publish when what a scheduler sees (state, running count, scheduling, start task) changed."""
+        """Publish when what a scheduler sees (state, running count, scheduling, start task) changed: at once,
+        unless only the running count did and the last publication is less than LOAD_INTERVAL_S old."""
         if running is not None:
             self.running = running
+        key = self._key(self._name())
+        if self._last == key:
+            return
+        now = asyncio.get_running_loop().time()
+        load_only = self._last is not None and key[0] == self._last[0] and key[2:] == self._last[2:]
+        if not load_only or now >= self._published_at + LOAD_INTERVAL_S:
+            self.publish()
+        elif self._later is None:
+            self._later = asyncio.get_running_loop().call_at(self._published_at + LOAD_INTERVAL_S, self._load_due)
+
+    def _load_due(self) -> None:
+        self._later = None
         if self._last != self._key(self._name()):
-            self.publisher.node_state(self.build())
+            self.publish()
 
     def set_disk(self, free: int | None, *, is_low: bool) -> None:
         """The retention sweep's view of free space; a change of ``is_low`` is published at once."""
@@ -103,6 +126,11 @@ class NodeStateReporter:
             self.publish()
 
     def publish(self, name: NodeStateName | None = None) -> None:
+        """Publish the current state (or ``name``) now; a coalesced load change still waiting is part of it."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        self._published_at = asyncio.get_running_loop().time()
         self.publisher.node_state(self.build(name))
 
     async def heartbeat(self, interval_s: float, stopping: asyncio.Event) -> None:

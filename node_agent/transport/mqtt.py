@@ -1,4 +1,4 @@
-"""One MQTT session over aiomqtt: reconnect with jittered backoff, ordered outbox, TCP_NODELAY."""
+"""One MQTT session over aiomqtt: reconnect with jittered backoff, ordered outbox sent through a window, TCP_NODELAY."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import cycle
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho_mqtt
 import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
 from node_agent.config import BrokerAddress
 from node_agent.transport.outbox import OutboxStore
+from node_agent.transport.window import WINDOW, SendWindow
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +80,7 @@ class MqttTransport:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     current: BrokerAddress | None = None  # the broker (node of a cluster) of the live or the last session
     _outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
-    _pending: Outgoing | None = None
+    _window: SendWindow[Outgoing] = field(default_factory=SendWindow)  # sent, not yet acknowledged
     _was_connected: bool = False
     _unsaved: list[Outgoing] = field(default_factory=list)
     _acked: list[int] = field(default_factory=list)
@@ -222,8 +225,10 @@ class MqttTransport:
             will=aiomqtt.Will(will.topic, will.payload, qos=1, retain=will.retain) if will else None,
             socket_options=[NODELAY],
             timeout=10,
+            max_inflight_messages=WINDOW,  # paho's own window (default 20) would queue what ours lets through
         )
         fail_fast_on_early_close(client)
+        on_puback(client, self._acknowledged)
         return client
 
     async def _receive(self, client: aiomqtt.Client) -> None:
@@ -233,16 +238,39 @@ class MqttTransport:
             await self.on_message(message.topic.value, payload, message.retain, ack)
 
     async def _send(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
+        """Publish in queue order without waiting for each PUBACK: first what the last connection left
+        unacknowledged, then the queue, with at most ``WINDOW`` messages in flight."""
+        loop = asyncio.get_running_loop()
+        publish = partial(_publish, client)
+        self._window.resend(publish, loop.time())
         while not stopping.is_set():
-            if self._pending is None:
-                self._pending = await self._outbox.get()
-            item = self._pending
-            await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
-            self._pending = None
+            self._window.send(await self._next(), publish, loop.time())
+
+    async def _next(self) -> Outgoing:
+        """The next message to send, once the window has room; MqttError if the oldest message in flight has
+        waited ACK_TIMEOUT_S for its PUBACK (a dead connection that TCP has not noticed yet)."""
+        window = self._window
+        while True:
+            if window.room.is_set() and not self._outbox.empty():
+                return self._outbox.get_nowait()
+            deadline = window.deadline()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await window.room.wait()
+                    return await self._outbox.get()
+            except TimeoutError:
+                if (deadline := window.deadline()) is not None and deadline <= asyncio.get_running_loop().time():
+                    raise aiomqtt.MqttError("no PUBACK in time: connection presumed dead") from None
+
+    def _acknowledged(self, mid: int) -> None:
+        """paho's on_publish: a PUBACK arrived; what leaves the window leaves the durable outbox too."""
+        done = self._window.acknowledged(mid)
+        for item in done:
             self._outbox.task_done()
             if item.seq is not None:
                 self._acked.append(item.seq)
-                self._dirty.set()
+        if done:
+            self._dirty.set()
 
 
 async def _first_event(*events: asyncio.Event) -> None:
@@ -272,6 +300,28 @@ def _acker(client: aiomqtt.Client, mid: int, qos: int) -> Ack:
             client._client.ack(mid, qos)
 
     return ack
+
+
+def _publish(client: aiomqtt.Client, item: Outgoing) -> int:
+    """Send one QoS 1 message and return its message id, without waiting for the PUBACK (aiomqtt's publish()
+    would: one round trip per message)."""
+    info = client._client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+    if info.rc != paho_mqtt.MQTT_ERR_SUCCESS:
+        raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+    return info.mid
+
+
+def on_puback(client: aiomqtt.Client, callback: Callable[[int], None]) -> None:
+    """Call ``callback(mid)`` on every PUBACK of the client, after aiomqtt's own handler."""
+    paho = client._client
+    forward = paho.on_publish
+
+    def on_publish(*args: Any) -> None:
+        if forward is not None:
+            forward(*args)
+        callback(args[2])  # (client, userdata, mid, reason_code, properties)
+
+    paho.on_publish = on_publish
 
 
 def fail_fast_on_early_close(client: aiomqtt.Client) -> None:
@@ -311,7 +361,7 @@ async def _wait_or_stop(stopping: asyncio.Event, delay_s: float) -> None:
 
 
 async def _cancel_and_wait(*tasks: asyncio.Task[None]) -> None:
-    """Cancel until done: on Python 3.11 a cancel racing a finishing wait_for (aiomqtt.publish) can be lost."""
+    """Cancel until done: on Python 3.11 a cancel racing a finishing wait_for (aiomqtt's calls) can be lost."""
     while pending := [task for task in tasks if not task.done()]:
         for task in pending:
             task.cancel()
