@@ -19,11 +19,12 @@ themselves durable; one per directory serves every rename into it. Only then is 
 acknowledged.
 
 A directory made for a record is fsynced through its parent too (else a power loss could drop the folder
-with its records). Directories known to exist are not made again; a write that finds its folder gone
-(a job's records removed meanwhile) makes it and tries once more.
+with its records). Directories known to exist are not made again; a write that finds its folder gone (a
+job's records removed meanwhile) makes it and tries once more.
 
 ``write_files`` without ``durable`` does steps 1 and 3 only: the record is still replaced atomically for
-any process that reads it while the machine runs, but a power loss may leave it empty or lose it.
+any process that reads it while the machine runs, but a power loss may leave it empty or lose it. A
+directory it makes is still fsynced through its parent (once), since a durable write may later use it.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ class KnownDirs:
         for path in reversed(missing):
             try:
                 path.mkdir(mode=0o700)
-            except FileExistsError:
-                pass
+            except FileExistsError:  # made meanwhile (another store, a put_unsynced of another thread)
+                if not path.is_dir():
+                    raise NotADirectoryError(f"{path} is not a directory") from None
+                continue
             made.add(path.parent)
         self._known.update(missing)
         self._known.add(folder)
@@ -155,6 +158,15 @@ def _sync_dir(folder: Path) -> OSError | None:
     return None
 
 
+def _sync_dirs(files: list[_File], folders: list[Path]) -> None:
+    """Fsync each folder once; a failure is the error of every record renamed into it."""
+    errors = map(_sync_dir, folders) if len(folders) <= 1 else _fsyncs.map(_sync_dir, folders)
+    failed = {folder: error for folder, error in zip(folders, errors, strict=True) if error is not None}
+    for item in files:
+        if item.error is None and item.path.parent in failed:
+            item.error = failed[item.path.parent]
+
+
 def write_files(writes: Sequence[Write], dirs: KnownDirs, *, durable: bool) -> list[OSError | None]:
     """Apply ``writes`` (blocking; in a worker thread) and return each one's error or None, in order.
 
@@ -173,13 +185,10 @@ def write_files(writes: Sequence[Write], dirs: KnownDirs, *, durable: bool) -> l
             _close(item)
     for item in files:
         _rename(item)
+    folders = set(made)  # a directory the store made is made durable, also by an unsynced write (once)
     if durable:
-        folders = list({item.path.parent for item in files if item.error is None} | made)
-        errors = map(_sync_dir, folders) if len(folders) == 1 else _fsyncs.map(_sync_dir, folders)
-        failed = {folder: error for folder, error in zip(folders, errors, strict=True) if error is not None}
-        for item in files:
-            if item.error is None and item.path.parent in failed:
-                item.error = failed[item.path.parent]
+        folders |= {item.path.parent for item in files if item.error is None}
+    _sync_dirs(files, list(folders))
     result = {item.path: item.error for item in files}
     return [result[write.path] for write in writes]
 
