@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_BATCH = 256  # open temporary files per batch
+MAX_BATCH = 64  # files open at once in a batch (the rest wait for the next one)
 
 # One pool for every store of the process; its threads start with the first batch of two or more files.
 _fsyncs = ThreadPoolExecutor(8, thread_name_prefix="record-fsync")

@@ -174,3 +174,18 @@ async def test_put_unsynced_replaces_the_record_without_fsync(tmp_path: Path, mo
     assert synced == []
     await store.put(key, {"pid": 3})
     assert len(synced) == 2  # the file, then its folder
+
+
+async def test_a_long_queue_is_written_in_batches_of_at_most_max_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commit, "MAX_BATCH", 3)
+    held = _HeldBatches(monkeypatch)
+    store = RecordStore(tmp_path)
+    first = asyncio.create_task(store.put(("jobs", "j", "tasks", "t0"), {"n": 0}))
+    await held.wait_entered()
+    rest = [asyncio.create_task(store.put(("jobs", "j", "tasks", f"t{n}"), {"n": n})) for n in range(1, 8)]
+    await asyncio.sleep(0)  # one scheduling step: each put runs up to its wait for the batch
+    held.release.set()
+    await asyncio.gather(first, *rest)
+    assert [len(batch) for batch in held.batches] == [1, 3, 3, 1]
