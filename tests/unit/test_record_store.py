@@ -31,29 +31,33 @@ def _path_of(store: RecordStore, key: tuple[str, ...]) -> Path:
 
 
 class _HeldBatches:
-    """Wraps commit.write_files: records each durable batch's paths, and holds the first batch in its
-    thread until ``release`` is set, so that the writes queued meanwhile must form the next batch."""
+    """Wraps commit.write_files: records each durable batch, and holds every batch in its thread until
+    ``release`` is set, so that the writes queued meanwhile must wait for a later batch. One batch syncs at
+    a time unless ``in_flight`` says otherwise."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: Callable[[Path], bool] = lambda path: False) -> None:
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, fail: Callable[[Path], bool] = lambda path: False, in_flight: int = 1
+    ) -> None:
         self.batches: list[list[Path]] = []
         self.documents: list[list[bytes]] = []
-        self.entered = threading.Event()
+        self.entered = threading.Semaphore(0)
         self.release = threading.Event()
         real = commit.write_files
 
         def held(writes: list[commit.Write], dirs: commit.KnownDirs, *, durable: bool) -> list[OSError | None]:
             self.batches.append([write.path for write in writes])
             self.documents.append([write.data for write in writes])
-            if len(self.batches) == 1:
-                self.entered.set()
-                self.release.wait(timeout=10)
+            self.entered.release()
+            self.release.wait(timeout=10)
             errors = real(writes, dirs, durable=durable)
             return [PermissionError(13, "refused") if fail(w.path) else e for w, e in zip(writes, errors, strict=True)]
 
         monkeypatch.setattr(commit, "write_files", held)
+        monkeypatch.setattr(commit, "MAX_IN_FLIGHT", in_flight)
 
-    async def wait_entered(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, 10)
+    async def wait_entered(self, batches: int = 1) -> None:
+        for _ in range(batches):
+            assert await asyncio.to_thread(self.entered.acquire, True, 10)
 
 
 async def test_writes_arriving_during_a_sync_share_the_next_batch(
@@ -189,3 +193,16 @@ async def test_a_long_queue_is_written_in_batches_of_at_most_max_batch(
     held.release.set()
     await asyncio.gather(first, *rest)
     assert [len(batch) for batch in held.batches] == [1, 3, 3, 1]
+
+
+async def test_up_to_max_in_flight_batches_sync_at_once_then_writes_share_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = _HeldBatches(monkeypatch, in_flight=2)
+    store = RecordStore(tmp_path)
+    puts = [asyncio.create_task(store.put(("jobs", "j", "tasks", f"t{n}"), {"n": n})) for n in range(5)]
+    await held.wait_entered(2)  # the first two did not wait for each other
+    assert len(store._committer._queue) == 3
+    held.release.set()
+    await asyncio.gather(*puts)
+    assert [len(batch) for batch in held.batches] == [1, 1, 3]
