@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from node_agent.agent.recovery import load_jobs
+from node_agent.agent.retained import completed_task_deadlines
 from node_agent.agent.runs import NodeJob
 from node_agent.agent.sweeper import is_busy, is_job_ended, removal_parts
 from node_agent.config import AgentSettings
@@ -84,7 +85,10 @@ async def collect(settings: AgentSettings, now: datetime, *, dry_run: bool) -> C
     store = RecordStore(settings.resolved_state_dir)
     book = DeadlineBook(store)
     await book.load()
-    collector = _Collector(settings, book, await asyncio.to_thread(load_jobs, store), dry_run)
+    jobs = await asyncio.to_thread(load_jobs, store)
+    for deadline in await asyncio.to_thread(completed_task_deadlines, jobs, settings.root):
+        book.hold(deadline)
+    collector = _Collector(settings, book, jobs, dry_run)
     collector.result.free_bytes = await asyncio.to_thread(collector.probe.measure)
     if dry_run:
         collector.simulated_free = collector.result.free_bytes

@@ -26,6 +26,7 @@ from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.resources import ResourceStaging, StageFn
+from node_agent.agent.retained import task_deadline
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.agent.supervisors import Supervisors
 from node_agent.errors import InputError
@@ -306,9 +307,7 @@ class JobManager:
         run.published = False
         await self._save_task(run)
         faults.reached("task-recorded")
-        retention = run.spec.constraints.retention_time
-        completed_at = outcome.end_time or utcnow()
-        await self.retain(run.job_id, run.task.id, DirectoryKind.TASK, completed_at=completed_at, retention=retention)
+        self.ctx.deadlines.hold(task_deadline(run.job_id, run.task))  # derived from the record just written
         await self.ctx.supervisors.forget(run.job_id, run.task.id)
         await self.publish_result(run)
         event = "task.succeeded" if outcome.result == TaskResult.SUCCESS else "task.failed"

@@ -2,9 +2,15 @@
 
 Task processes run in their own session and outlive an agent killed with SIGKILL. The agent hands such
 tasks back on its next start; their processes must not keep running beside the new attempt elsewhere.
-Two nets catch them: the pids recorded durably just after each spawn (with their start time, so a
-reused pid is never killed), and every process whose environment names this node root in
-AZ_BATCH_NODE_ROOT_DIR (which also covers a kill in the moment between spawn and record).
+Two nets catch them: the pids recorded just after each spawn (with their start time, so a reused pid is
+never killed), and every process whose environment names this node root in AZ_BATCH_NODE_ROOT_DIR (which
+also covers a kill in the moment between spawn and record).
+
+The pid records are written without an fsync (``RecordStore.put_unsynced``): they guard against an agent
+killed while the machine keeps running, and then the page cache that holds them survives too. A power loss
+or a reboot ends the task processes with the agent, so a record it loses or leaves empty names nothing
+that still runs; an unreadable one is skipped, never fatal. This keeps two fsyncs off the path from a
+spawn to the task's process running.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 import psutil
 import structlog
 
+from node_agent.errors import StoreCorrupt
 from node_agent.runner.tree import kill_tree
 from node_agent.store.records import RecordStore
 
@@ -47,7 +54,7 @@ class ProcessTracker:
 
     async def started(self, pid: int) -> None:
         created = await asyncio.to_thread(_create_time, pid)
-        await self.store.put(("processes", self.job_id, self.task_id), {"pid": pid, "createTime": created})
+        await self.store.put_unsynced(("processes", self.job_id, self.task_id), {"pid": pid, "createTime": created})
 
     async def ended(self) -> None:
         await self.store.delete(("processes", self.job_id, self.task_id))
@@ -78,7 +85,10 @@ class ProcessRegistry:
         found = set()
         for job_id in self.store.children(("processes",)):
             for task_id in self.store.children(("processes", job_id)):
-                record = self.store.load(("processes", job_id, task_id)) or {}
+                try:
+                    record = self.store.load(("processes", job_id, task_id)) or {}
+                except StoreCorrupt:  # torn by a power loss (not fsynced): its process ended with the machine
+                    continue
                 pid, created = record.get("pid"), record.get("createTime")
                 if isinstance(pid, int) and created is not None and _create_time(pid) == created:
                     found.add(pid)

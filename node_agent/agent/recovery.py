@@ -9,6 +9,7 @@ import structlog
 from pydantic import ValidationError
 
 from node_agent.agent.attempts import Outcome, Resume
+from node_agent.agent.retained import completed_task_deadlines
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import StoreCorrupt
 from node_agent.store.records import RecordStore
@@ -79,6 +80,8 @@ async def recover(manager: JobManager) -> None:
         if prep is not None and job.prep is not None and job.prep.state == SubtaskState.RUNNING:
             if ctx.supervisors.take(job_id, prep.id):
                 manager.subtasks.adopt_preparation(job)
+    for deadline in await asyncio.to_thread(completed_task_deadlines, manager.jobs, ctx.layout.root):
+        ctx.deadlines.hold(deadline)
     adopted, waiting, lost = _sort_unfinished(manager, unfinished)
     for run in adopted:
         manager.start_recovered(manager.jobs[run.job_id], run, _resume_of(run, ctx.supervisors.detach))

@@ -84,7 +84,8 @@ def read_deadlines(store: RecordStore) -> dict[Key, Deadline]:
 
 
 class DeadlineBook:
-    """The deadlines in memory, each change written to the store first; the only writer of those records."""
+    """The deadlines in memory, each change written to the store first (but those held from task records);
+    the only writer of the retention records."""
 
     def __init__(self, store: RecordStore, entries: dict[Key, Deadline] | None = None) -> None:
         self.store = store
@@ -106,6 +107,11 @@ class DeadlineBook:
         await self.store.put(("retention", *deadline.key), deadline.record())
         self.entries[deadline.key] = deadline
         return deadline
+
+    def hold(self, deadline: Deadline) -> None:
+        """Hold a deadline the store keeps in another record (a completed task's, ``agent/retained.py``):
+        in memory only. It replaces a stored one of the directory, which ``drop`` removes with it."""
+        self.entries[deadline.key] = deadline
 
     async def drop(self, key: Key) -> None:
         self.entries.pop(key, None)

@@ -1,10 +1,14 @@
-"""Durable records as small JSON files, each replaced atomically (write, fsync, rename, fsync dir)."""
+"""Durable records as small JSON files, each replaced atomically; durable writes are group-committed.
+
+``put`` returns once the record is durable (``store/commit.py`` says how a batch of writes shares its
+fsyncs); ``put_unsynced`` replaces the record just as atomically but skips the fsyncs, for records that only
+matter while the machine keeps running.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,23 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.errors import StoreCorrupt
+from node_agent.store.commit import GroupCommitter, KnownDirs, Write, write_files
 
 Key = tuple[str, ...]  # validated ids only: ("jobs", job_id, "tasks", task_id)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(slots=True)
@@ -44,6 +34,8 @@ class RecordStore:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir
         self._locks: dict[Key, _KeyLock] = {}
+        self._dirs = KnownDirs()
+        self._committer = GroupCommitter(self._dirs)
 
     @asynccontextmanager
     async def _exclusive(self, key: Key) -> AsyncIterator[None]:
@@ -63,9 +55,19 @@ class RecordStore:
         return self.root.joinpath(*key[:-1], key[-1] + ".json")
 
     async def put(self, key: Key, document: dict[str, Any]) -> None:
-        data = json.dumps(document, separators=(",", ":")).encode()
+        """Replace the record; return once it is durable (it shares its fsyncs with concurrent puts)."""
+        write = Write(self._path(key), json.dumps(document, separators=(",", ":")).encode())
         async with self._exclusive(key):
-            await asyncio.to_thread(_write_atomic, self._path(key), data)
+            await self._committer.commit(write)
+
+    async def put_unsynced(self, key: Key, document: dict[str, Any]) -> None:
+        """Replace the record atomically without an fsync: a killed agent finds it, a power loss may not
+        (the record may then be missing or empty: its reader must accept that)."""
+        write = Write(self._path(key), json.dumps(document, separators=(",", ":")).encode())
+        async with self._exclusive(key):
+            [error] = await asyncio.to_thread(write_files, [write], self._dirs, durable=False)
+        if error is not None:
+            raise error
 
     async def delete(self, key: Key) -> None:
         async with self._exclusive(key):
@@ -73,7 +75,9 @@ class RecordStore:
 
     async def delete_tree(self, key: Key) -> None:
         """Remove every record below ``key`` (a job and its tasks)."""
-        await asyncio.to_thread(shutil.rmtree, self.root.joinpath(*key), ignore_errors=True)
+        top = self.root.joinpath(*key)
+        await asyncio.to_thread(shutil.rmtree, top, ignore_errors=True)
+        self._dirs.forget_below(top)
 
     def load(self, key: Key) -> dict[str, Any] | None:
         """Read one record (start-up only; call through asyncio.to_thread from the loop)."""

@@ -21,6 +21,7 @@ TINY = {
     "dispatch.py": (["--count", "20", *LIMIT], "ratio addTask->completed / floor"),
     "throughput.py": (["--count", "20", "--slots", "2", *LIMIT], "ratio agent / bare"),
     "footprint.py": (["--idle", "1", "--count", "20", "--rounds", "2", *LIMIT], "growth round 1 -> 2"),
+    "store.py": (["--count", "20", "--rounds", "1", *LIMIT], "ratio RecordStore / one put per thread"),
     "scale.py": (
         ["--agents", "2", "--tasks", "20", "--job-agents", "2", "--jobs", "3", "--job-tasks", "3", *LIMIT],
         "per-job overhead",
@@ -48,7 +49,7 @@ async def run_bench(script: str, args: list[str]) -> tuple[int | None, str]:
 
 @pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto binary not installed (scripts/test.sh installs it)")
 async def test_every_bench_runs_at_a_tiny_size() -> None:
-    gate = asyncio.Semaphore(3)  # all six at once starve their agents' start-up on a busy 2-core machine
+    gate = asyncio.Semaphore(3)  # all of them at once starve their agents' start-up on a busy 2-core machine
 
     async def gated(script: str, args: list[str]) -> tuple[int | None, str]:
         async with gate:
