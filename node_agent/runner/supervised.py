@@ -26,7 +26,7 @@ import structlog
 
 from node_agent.errors import TaskFailure
 from node_agent.runner.process import ExitResult, ProcessSpec, split_command_line
-from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_atomic
+from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_consistent
 from node_agent.runner.tree import kill_tree
 
 log = structlog.get_logger(__name__)
@@ -77,7 +77,7 @@ def is_adoptable(folder: Path, boot_id: str) -> bool:
 def _prepare(folder: Path, spec: dict[str, Any]) -> int:
     shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's files
     folder.mkdir(parents=True, mode=0o700)
-    write_atomic(folder / SPEC, spec)
+    write_consistent(folder / SPEC, spec)
     return os.open(folder / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
