@@ -158,7 +158,8 @@ async def _serve(
     completed, pending = await settle(store, layout.root, boot_id)
     if completed is not None:
         await asyncio.to_thread(layout.create)  # a reimage emptied the root
-    async with Stager(staging_options(settings)) as stager, asyncio.TaskGroup() as group:
+    supervisors = Supervisors(settings.resolved_state_dir, boot_id, layout.root)
+    async with Stager(staging_options(settings)) as stager, supervisors, asyncio.TaskGroup() as group:
         manager: JobManager | None = None
         scheduling: Scheduling | None = None
 
@@ -174,7 +175,6 @@ async def _serve(
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
         resources = ResourceStaging(stager, publisher)
-        supervisors = Supervisors(settings.resolved_state_dir, boot_id)
         ctx = NodeContext(
             layout, store, publisher, boot_id, group, load_changed, processes, deadlines, supervisors, users, resources
         )

@@ -1,4 +1,4 @@
-"""The per-task supervisor process: ``python -m node_agent.runner.shim DIR`` owns one task process.
+"""The per-task supervisor process: ``Supervisor(DIR).run()`` owns one task process.
 
 It outlives the agent (its own session, not the agent's child once the agent is gone): it starts the
 command that ``DIR/spec.json`` describes (after recording itself in ``DIR/shim.json``) as the task's user
@@ -9,7 +9,9 @@ it can write in ``DIR`` (inside the agent's state directory, which tasks cannot 
 whole tree when the wall-clock deadline (absolute, so a new agent keeps the original start) passes or on
 SIGTERM, and writes ``DIR/status.json`` (``exitCode``, ``timedOut``, ``killed``, or ``launchError``)
 atomically before it exits. The agent, or the agent that replaces it, reads that file
-([ADR 0011](../../docs/adr/0011-task-supervisor.md)). Standard library and psutil only: it starts fast.
+([ADR 0011](../../docs/adr/0011-task-supervisor.md)). Each shim is a fork of the agent's fork server
+(``runner/forkserver.py``); ``python -m node_agent.runner.shim DIR`` runs one by hand. Standard library and
+psutil only: the fork server stays small.
 """
 
 from __future__ import annotations
