@@ -50,9 +50,14 @@ def _read(path: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def _create_time(pid: int) -> float | None:
+def _create_time(pid: int, *, running: bool = False) -> float | None:
+    """The process's start time; None when it is gone (or, with ``running``, ended and not yet reaped: a
+    shim's parent, the fork server, reaps it a moment after its pidfd said it exited)."""
     try:
-        return float(psutil.Process(pid).create_time())
+        process = psutil.Process(pid)
+        if running and process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
     except psutil.Error:
         return None
 
@@ -61,7 +66,7 @@ def shim_alive(folder: Path) -> int | None:
     """The pid of the folder's shim if it still runs (same pid and start time), else None."""
     shim = _read(folder / SHIM) or {}
     pid, created = shim.get("shimPid"), shim.get("shimCreateTime")
-    if isinstance(pid, int) and created is not None and _create_time(pid) == created:
+    if isinstance(pid, int) and created is not None and _create_time(pid, running=True) == created:
         return pid
     return None
 
