@@ -179,3 +179,10 @@ async def test_a_wall_clock_limit_past_what_select_can_wait_is_no_limit_in_pract
         spec(tmp_path, "/bin/sh -c 'exit 2'", max_wall_clock=huge), asyncio.Event(), supervision(tmp_path, launcher)
     )
     assert result.exit_code == 2 and not result.timed_out
+
+
+async def test_no_supervisor_to_fork_is_command_launch_failed(tmp_path: Path, launcher: ForkServer) -> None:
+    await launcher.close()  # as when the agent is stopping
+    with pytest.raises(TaskFailure) as failure:
+        await run_supervised(spec(tmp_path, "/bin/true"), asyncio.Event(), supervision(tmp_path, launcher))
+    assert failure.value.code == "CommandLaunchFailed" and "fork server" in failure.value.message
