@@ -2,9 +2,9 @@
 
 The supervisor folder (one per task, outside the node root) holds ``spec.json`` (written here before the
 spawn), ``shim.json``, ``started.json`` and ``status.json`` (written by the shim). The shim is forked by the
-agent's fork server (``runner/forkserver.py``, reached through ``runner/forkclient.py``). A new agent in the same boot
-finds the folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock deadline in
-``spec.json`` is absolute, so the limit keeps counting from the original start.
+agent's fork server (``runner/forkserver.py``, reached through ``runner/forkclient.py``). A new agent in the
+same boot finds the folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock
+deadline in ``spec.json`` is absolute, so the limit keeps counting from the original start.
 """
 
 from __future__ import annotations
