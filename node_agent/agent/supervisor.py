@@ -180,6 +180,7 @@ async def _serve(
         )
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
+        await supervisors.launcher.start()  # once recovery's orphan scan is done (it would kill the fork server)
         scheduling, rebooter, starter = await _node_lifecycle(settings, manager, reporter, transport, stopping)
         if pending is not None:
             rebooter.resume(pending)  # asked for in this boot and not done: carry on

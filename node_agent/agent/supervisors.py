@@ -5,9 +5,9 @@ files in ``state_dir/supervised/<jobId>/<taskId>/``. At start-up, before any orp
 finds the folders an agent of this boot left: a shim still running, or one that recorded an exit status, is
 adopted (its pids are spared); anything else is lost and its folder removed (ADR 0006, ADR 0011).
 
-The shims are forked by one fork server per agent (``runner/forkserver.py``), started at the first spawn
-(after recovery's orphan scan, which would take it for a task process of this node) and ended by ``close()``
-when the agent stops; its shims run on.
+The shims are forked by one fork server per agent (``runner/forkserver.py``), started once recovery's orphan
+scan is done (it carries this node's AZ_BATCH_NODE_ROOT_DIR, so the scan would take it for a task process)
+and ended when the agent stops (``async with``); its shims run on.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The agent's end of the fork server (runner/forkserver.py): start it, ask it for shims, close it.
 
-The server is started on the first request, and again on the next request after it died (logged). Requests
-go one at a time over a non-blocking socket on the event loop; a request once sent is always answered before
-the next one, even when its caller is cancelled, so requests and replies never get out of step.
+The server is started by ``start()`` or the first request, and again on the next request after it died
+(logged). Requests go one at a time over a non-blocking socket on the event loop; a request once sent is
+always answered before the next one, even when its caller is cancelled, so requests and replies never get out
+of step.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class ForkServer:
         self._socket: socket.socket | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+
+    async def start(self) -> None:
+        """Start the server now rather than at the first spawn (whose task would wait for its start-up)."""
+        async with self._lock:
+            if not self._closed:
+                await self._server()
 
     async def spawn(self, folder: Path, stdout: int, log_fd: int) -> tuple[int, int]:
         """Fork a shim for ``folder`` with these fds as its stdout and stderr; its pid and a pidfd of it (the

@@ -140,10 +140,11 @@ async def test_end_of_file_ends_the_server_and_its_shims_run_on(tmp_path: Path, 
 
 
 async def test_a_dead_server_is_replaced_at_the_next_spawn(tmp_path: Path, server: ForkServer) -> None:
+    await server.start()
+    first = server.process
     pid, pidfd, read_end, _ = await spawn(server, folder_for(tmp_path, "t1", ["/bin/true"]))
     assert await read_all(read_end) == b"started\n" and has_exited(pidfd)
-    first = server.process
-    assert first is not None
+    assert first is not None and server.process is first  # started once, before the first spawn
     first.kill()
     await asyncio.to_thread(first.wait)
 
