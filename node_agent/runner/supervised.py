@@ -144,7 +144,7 @@ async def _abandon(folder: Path, read_end: int) -> None:
         await _first_line(read_end)
     finally:
         os.close(read_end)
-    await asyncio.to_thread(lambda: _kill_all(folder, shim_alive(folder)))
+    await asyncio.to_thread(lambda: _discard(folder, shim_alive(folder)))
 
 
 async def _first_line(fd: int) -> None:
@@ -226,7 +226,14 @@ async def _end(folder: Path, pid: int | None, exited: asyncio.Future[Any]) -> No
     if pid is not None:
         _signal(pid, signal.SIGTERM)
         await asyncio.wait({exited}, timeout=TERM_GRACE_S)
-    await asyncio.to_thread(_kill_all, folder, pid)
+    await asyncio.to_thread(_discard, folder, pid)
+
+
+def _discard(folder: Path, shim_pid: int | None) -> None:
+    """End a supervisor this agent gives up on (a stop that hands tasks back, a cancelled launch) and remove
+    its folder: the attempt did not finish, so the next start must not adopt the status of its killing."""
+    _kill_all(folder, shim_pid)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _kill_all(folder: Path, shim_pid: int | None) -> None:

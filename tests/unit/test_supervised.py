@@ -186,3 +186,23 @@ async def test_no_supervisor_to_fork_is_command_launch_failed(tmp_path: Path, la
     with pytest.raises(TaskFailure) as failure:
         await run_supervised(spec(tmp_path, "/bin/true"), asyncio.Event(), supervision(tmp_path, launcher))
     assert failure.value.code == "CommandLaunchFailed" and "fork server" in failure.value.message
+
+
+async def test_a_cancel_without_detach_ends_the_task_and_leaves_nothing_to_adopt(
+    tmp_path: Path, launcher: ForkServer
+) -> None:
+    where = supervision(tmp_path, launcher)
+    spawned = asyncio.Event()
+
+    async def on_spawn(pid: int) -> None:
+        spawned.set()
+
+    with Fifo(tmp_path / "pid") as fifo:
+        command = f"/bin/sh -c 'echo $$ > {fifo.path}; sleep 60'"
+        running = asyncio.ensure_future(run_supervised(spec(tmp_path, command), asyncio.Event(), where, on_spawn))
+        task = open_pidfd(await fifo.read_pid())
+    await asyncio.wait_for(spawned.wait(), TIMEOUT_S)
+    running.cancel()  # a stop that hands tasks back: the shim has recorded itself and may record the kill
+    await asyncio.wait({running})
+    assert has_exited(task)
+    assert not is_adoptable(where.folder, "boot-1") and not where.folder.exists()
