@@ -195,7 +195,10 @@ async def _stage_unless_killed(stage: StageFn, working_dir: Path, run_as: RunAs,
 
 
 async def _attempt(plan: AttemptPlan, spec: ProcessSpec, kill: asyncio.Event, resume: Resume | None) -> ExitResult:
-    tracker = plan.tracker
+    # A shim is found again through its folder (ADR 0011): alive, it is adopted and spared; gone, its task is
+    # caught by the orphan scan's environment net. Recording its pid in the store as well (a durable write and
+    # a delete per attempt) would never kill anything, so only an unsupervised process is tracked.
+    tracker = plan.tracker if plan.supervision is None else None
 
     async def on_spawn(pid: int) -> None:
         if tracker is not None:

@@ -158,7 +158,8 @@ async def _serve(
     completed, pending = await settle(store, layout.root, boot_id)
     if completed is not None:
         await asyncio.to_thread(layout.create)  # a reimage emptied the root
-    async with Stager(staging_options(settings)) as stager, asyncio.TaskGroup() as group:
+    supervisors = Supervisors(settings.resolved_state_dir, boot_id, layout.root)
+    async with Stager(staging_options(settings)) as stager, supervisors, asyncio.TaskGroup() as group:
         manager: JobManager | None = None
         scheduling: Scheduling | None = None
 
@@ -174,12 +175,12 @@ async def _serve(
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))
         resources = ResourceStaging(stager, publisher)
-        supervisors = Supervisors(settings.resolved_state_dir, boot_id)
         ctx = NodeContext(
             layout, store, publisher, boot_id, group, load_changed, processes, deadlines, supervisors, users, resources
         )
         manager = JobManager(ctx, settings.task_slots, settings.job_wait.total_seconds())
         await recover(manager)
+        await supervisors.launcher.start()  # once recovery's orphan scan is done (it would kill the fork server)
         scheduling, rebooter, starter = await _node_lifecycle(settings, manager, reporter, transport, stopping)
         if pending is not None:
             rebooter.resume(pending)  # asked for in this boot and not done: carry on

@@ -4,6 +4,10 @@ Each task, preparation and release runs under its own supervisor process (``runn
 files in ``state_dir/supervised/<jobId>/<taskId>/``. At start-up, before any orphan is killed, ``scan()``
 finds the folders an agent of this boot left: a shim still running, or one that recorded an exit status, is
 adopted (its pids are spared); anything else is lost and its folder removed (ADR 0006, ADR 0011).
+
+The shims are forked by one fork server per agent (``runner/forkserver.py``), started once recovery's orphan
+scan is done (it carries this node's AZ_BATCH_NODE_ROOT_DIR, so the scan would take it for a task process)
+and ended when the agent stops (``async with``); its shims run on.
 """
 
 from __future__ import annotations
@@ -15,20 +19,28 @@ from pathlib import Path
 import psutil
 import structlog
 
+from node_agent.runner.forkclient import ForkServer
 from node_agent.runner.supervised import Supervision, is_adoptable, shim_alive
 
 log = structlog.get_logger(__name__)
 
 
 class Supervisors:
-    def __init__(self, state_dir: Path, boot_id: str) -> None:
+    def __init__(self, state_dir: Path, boot_id: str, node_root: Path) -> None:
         self.root = state_dir / "supervised"
         self.boot_id = boot_id
         self.adoptable: set[tuple[str, str]] = set()
         self.detach = asyncio.Event()  # set at a stop that leaves running tasks to their supervisors
+        self.launcher = ForkServer(node_root)
+
+    async def __aenter__(self) -> Supervisors:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.launcher.close()  # the shims run on
 
     def supervision(self, job_id: str, task_id: str) -> Supervision:
-        return Supervision(self.root / job_id / task_id, self.boot_id)
+        return Supervision(self.root / job_id / task_id, self.boot_id, self.launcher)
 
     def scan(self) -> set[int]:
         """Find the adoptable supervisors (blocking); return the pids to spare: each live shim and its tree."""

@@ -1,4 +1,4 @@
-"""The per-task supervisor process: ``python -m node_agent.runner.shim DIR`` owns one task process.
+"""The per-task supervisor process: ``Supervisor(DIR).run()`` owns one task process.
 
 It outlives the agent (its own session, not the agent's child once the agent is gone): it starts the
 command that ``DIR/spec.json`` describes (after recording itself in ``DIR/shim.json``) as the task's user
@@ -9,7 +9,9 @@ it can write in ``DIR`` (inside the agent's state directory, which tasks cannot 
 whole tree when the wall-clock deadline (absolute, so a new agent keeps the original start) passes or on
 SIGTERM, and writes ``DIR/status.json`` (``exitCode``, ``timedOut``, ``killed``, or ``launchError``)
 atomically before it exits. The agent, or the agent that replaces it, reads that file
-([ADR 0011](../../docs/adr/0011-task-supervisor.md)). Standard library and psutil only: it starts fast.
+([ADR 0011](../../docs/adr/0011-task-supervisor.md)). Each shim is a fork of the agent's fork server
+(``runner/forkserver.py``); ``python -m node_agent.runner.shim DIR`` runs one by hand. Standard library and
+psutil only: the fork server stays small.
 """
 
 from __future__ import annotations
@@ -33,19 +35,16 @@ SPEC, SHIM, STARTED, STATUS = "spec.json", "shim.json", "started.json", "status.
 MAX_WAIT_S = 86400.0
 
 
-def write_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write, fsync, rename, fsync the directory: a reader sees the whole file or none."""
+def write_consistent(path: Path, document: dict[str, Any]) -> None:
+    """Write, then rename over ``path``: a reader sees the whole file or none, also after the agent crashed.
+
+    No fsync, unlike the durable store (``store/records.py``): these files are only ever read by an agent of
+    the same boot (``spec.json`` carries the boot id). A crash of the agent or of the shim leaves them in the
+    page cache, which the next agent reads; a power loss ends the tasks and changes the boot id, so nothing
+    would read what an fsync had kept."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(json.dumps(document).encode())
-        handle.flush()
-        os.fsync(handle.fileno())
+    tmp.write_bytes(json.dumps(document).encode())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Supervisor:
@@ -98,12 +97,12 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.on_term)
         # Before the child exists: whoever finds this shim alive knows it owns (or will own) the task, so a new
         # agent adopts it instead of killing a task that may already have done part of its work.
-        write_atomic(self.folder / SHIM, {"shimPid": os.getpid(), "shimCreateTime": psutil.Process().create_time()})
+        write_consistent(self.folder / SHIM, {"shimPid": os.getpid(), "shimCreateTime": psutil.Process().create_time()})
         child = self.launch()
         if child is None:
             return
         self.child = child
-        write_atomic(
+        write_consistent(
             self.folder / STARTED,
             {"pid": child.pid, "createTime": psutil.Process(child.pid).create_time()},
         )
@@ -133,7 +132,7 @@ class Supervisor:
             os.close(pidfd)
 
     def finish(self, status: dict[str, Any]) -> None:
-        write_atomic(self.folder / STATUS, {**status, "endTime": time.time()})
+        write_consistent(self.folder / STATUS, {**status, "endTime": time.time()})
 
 
 def _tell_started() -> None:

@@ -1,9 +1,10 @@
 """A process run under its own supervisor (runner/shim.py), and the adoption of one a previous agent started.
 
 The supervisor folder (one per task, outside the node root) holds ``spec.json`` (written here before the
-spawn), ``shim.json``, ``started.json`` and ``status.json`` (written by the shim). A new agent in the same boot
-finds the folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock deadline in
-``spec.json`` is absolute, so the limit keeps counting from the original start.
+spawn), ``shim.json``, ``started.json`` and ``status.json`` (written by the shim). The shim is forked by the
+agent's fork server (``runner/forkserver.py``, reached through ``runner/forkclient.py``). A new agent in the
+same boot finds the folder, waits for the shim through a pidfd and reads the real exit status; the wall-clock
+deadline in ``spec.json`` is absolute, so the limit keeps counting from the original start.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,21 +24,22 @@ import psutil
 import structlog
 
 from node_agent.errors import TaskFailure
+from node_agent.runner.forkclient import ForkServer
 from node_agent.runner.process import ExitResult, ProcessSpec, split_command_line
-from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_atomic
+from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_consistent
 from node_agent.runner.tree import kill_tree
 
 log = structlog.get_logger(__name__)
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # so the shim imports this very node_agent
 TERM_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Supervision:
-    """Where one task's supervisor keeps its files, and the boot it belongs to."""
+    """Where one task's supervisor keeps its files, the boot it belongs to, and who forks it."""
 
     folder: Path
     boot_id: str
+    launcher: ForkServer
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -50,9 +50,14 @@ def _read(path: Path) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def _create_time(pid: int) -> float | None:
+def _create_time(pid: int, *, running: bool = False) -> float | None:
+    """The process's start time; None when it is gone (or, with ``running``, ended and not yet reaped: a
+    shim's parent, the fork server, reaps it a moment after its pidfd said it exited)."""
     try:
-        return float(psutil.Process(pid).create_time())
+        process = psutil.Process(pid)
+        if running and process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
     except psutil.Error:
         return None
 
@@ -61,7 +66,7 @@ def shim_alive(folder: Path) -> int | None:
     """The pid of the folder's shim if it still runs (same pid and start time), else None."""
     shim = _read(folder / SHIM) or {}
     pid, created = shim.get("shimPid"), shim.get("shimCreateTime")
-    if isinstance(pid, int) and created is not None and _create_time(pid) == created:
+    if isinstance(pid, int) and created is not None and _create_time(pid, running=True) == created:
         return pid
     return None
 
@@ -77,7 +82,7 @@ def is_adoptable(folder: Path, boot_id: str) -> bool:
 def _prepare(folder: Path, spec: dict[str, Any]) -> int:
     shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's files
     folder.mkdir(parents=True, mode=0o700)
-    write_atomic(folder / SPEC, spec)
+    write_consistent(folder / SPEC, spec)
     return os.open(folder / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
@@ -107,46 +112,39 @@ async def run_supervised(
     log_fd = await asyncio.to_thread(_prepare, supervision.folder, document)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        # subprocess.Popen, not asyncio's: asyncio kills a child still running when its transport closes, and
-        # the shim must outlive an agent that stops leaving tasks to their supervisors.
-        shim = await asyncio.to_thread(_spawn_shim, supervision.folder, spec.env, log_fd, write_end)
-    except OSError as exc:
-        os.close(read_end)
-        raise TaskFailure("CommandLaunchFailed", f"the task supervisor could not start: {exc}") from exc
-    finally:
-        os.close(log_fd)
-        os.close(write_end)
-    exited = asyncio.ensure_future(_exit_of(shim.pid))
-    exited.add_done_callback(lambda _: shim.poll())  # reap it
+        # Not the agent's child: the shim outlives an agent that stops leaving tasks to their supervisors.
+        pid, pidfd = await supervision.launcher.spawn(supervision.folder, write_end, log_fd)  # closes the fds
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and detach is not None and detach.is_set():
+            os.close(read_end)
+        else:
+            await asyncio.shield(_abandon(supervision.folder, read_end))
+        if isinstance(exc, OSError):
+            raise TaskFailure("CommandLaunchFailed", f"the task supervisor could not start: {exc}") from exc
+        raise
+    exited = asyncio.ensure_future(_exit_of(pidfd))
     try:
         await _first_line(read_end)  # "started" once started.json is written; EOF when the launch failed
     except BaseException:
         if detach is None or not detach.is_set():
-            await asyncio.shield(_end(supervision.folder, shim.pid, exited))
+            await asyncio.shield(_end(supervision.folder, pid, exited))
         raise
     finally:
         os.close(read_end)
     if on_spawn is not None:
-        await on_spawn(shim.pid)
-    return await watch(supervision.folder, shim.pid, exited, kill, detach)
+        await on_spawn(pid)
+    return await watch(supervision.folder, pid, exited, kill, detach)
 
 
-def _spawn_shim(folder: Path, env: dict[str, str], log_fd: int, pipe: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "node_agent.runner.shim", str(folder)],
-        # Its own small environment (the task's is in spec.json): a task's PYTHONHOME or LD_PRELOAD cannot
-        # break the supervisor; AZ_BATCH_NODE_ROOT_DIR marks it as this node's for the orphan scan.
-        env={
-            "PATH": os.defpath,
-            "PYTHONPATH": PACKAGE_PARENT,
-            **{name: env[name] for name in ("AZ_BATCH_NODE_ROOT_DIR",) if name in env},
-        },
-        stdin=subprocess.DEVNULL,
-        stdout=pipe,
-        stderr=log_fd,
-        cwd=folder,
-        start_new_session=True,  # outside the agent's process group: a signal to the agent's group spares it
-    )
+async def _abandon(folder: Path, read_end: int) -> None:
+    """A launch that failed or was cancelled: a shim may have been forked all the same (the fork server died
+    after the fork, or the caller was cancelled meanwhile). Its end of the pipe closes once it said "started"
+    or ended; then it and its task are ended."""
+    try:
+        await _first_line(read_end)
+    finally:
+        os.close(read_end)
+    await asyncio.to_thread(lambda: _discard(folder, shim_alive(folder)))
 
 
 async def _first_line(fd: int) -> None:
@@ -173,29 +171,30 @@ async def _first_line(fd: int) -> None:
 async def adopt(supervision: Supervision, kill: asyncio.Event, detach: asyncio.Event | None = None) -> ExitResult:
     """Wait for the shim a previous agent started in this boot, and return its real status."""
     pid = await asyncio.to_thread(shim_alive, supervision.folder)
-    exited = asyncio.ensure_future(_exit_of(pid) if pid is not None else _done())
+    exited = asyncio.ensure_future(_exit_of(_pidfd(pid)))
     log.info("process.adopted", shim_pid=pid, folder=supervision.folder.name)
     return await watch(supervision.folder, pid, exited, kill, detach)
 
 
-async def _done() -> None:
-    return None
-
-
-async def _exit_of(pid: int) -> None:
-    """Wait for a process that is not our child to exit: its pidfd becomes readable."""
+def _pidfd(pid: int | None) -> int | None:
     try:
-        fd = os.pidfd_open(pid)
+        return None if pid is None else os.pidfd_open(pid)
     except ProcessLookupError:
+        return None
+
+
+async def _exit_of(pidfd: int | None) -> None:
+    """Wait for a process that is not our child to exit (its pidfd becomes readable); closes the pidfd."""
+    if pidfd is None:
         return
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _resolve, exited)
+    loop.add_reader(pidfd, _resolve, exited)
     try:
         await exited
     finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -227,7 +226,14 @@ async def _end(folder: Path, pid: int | None, exited: asyncio.Future[Any]) -> No
     if pid is not None:
         _signal(pid, signal.SIGTERM)
         await asyncio.wait({exited}, timeout=TERM_GRACE_S)
-    await asyncio.to_thread(_kill_all, folder, pid)
+    await asyncio.to_thread(_discard, folder, pid)
+
+
+def _discard(folder: Path, shim_pid: int | None) -> None:
+    """End a supervisor this agent gives up on (a stop that hands tasks back, a cancelled launch) and remove
+    its folder: the attempt did not finish, so the next start must not adopt the status of its killing."""
+    _kill_all(folder, shim_pid)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _kill_all(folder: Path, shim_pid: int | None) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from node_agent.client.pool import BatchClient
@@ -198,10 +199,16 @@ async def test_sigterm_leaves_running_tasks_to_their_supervisors_and_the_next_st
     with Fifo(node.root / "shared/pid") as pids:
         body = {"type": "addTask", "jobId": "j", "task": {"id": "long", "commandLine": f"/bin/sh -c '{script}'"}}
         await client.command(node.node_id, body)
-        task_process = open_pidfd(int(await pids.read_line()))
+        pid = int(await pids.read_line())
+        task_process = open_pidfd(pid)
+    shim = psutil.Process(pid).parent()
+    server = shim.parent() if shim is not None else None
+    assert server is not None and "node_agent.runner.forkserver" in server.cmdline()
+    shim_process, server_process = open_pidfd(shim.pid), open_pidfd(server.pid)
 
     assert await node.stop(timeout_s=TIMEOUT_S) == 0
-    assert not has_exited(task_process, timeout_s=0)
+    assert has_exited(server_process), "the fork server ends with its agent"
+    assert not has_exited(task_process, timeout_s=0) and not has_exited(shim_process, timeout_s=0)
     await node.start()
     gate.write_text("go\n")
 

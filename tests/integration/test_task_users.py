@@ -192,7 +192,8 @@ async def test_supervised_task_runs_as_the_pool_user_under_a_root_shim_and_outli
     account = pwd.getpwnam(pool_user_name("pool1"))
     task = psutil.Process(pid)
     shim = task.parent()
-    assert shim is not None and "node_agent.runner.shim" in shim.cmdline()
+    # A fork of the agent's fork server: the server's command line, a name of its own.
+    assert shim is not None and "node_agent.runner.forkserver" in shim.cmdline() and shim.name() == "node-agent-shim"
     assert tuple(shim.uids()) == (0, 0, 0), "the shim keeps the agent's identity to write its status"
     assert tuple(task.uids()) == (account.pw_uid,) * 3 and tuple(task.gids()) == (account.pw_gid,) * 3
     assert _groups(pid) == []  # no supplementary group
