@@ -48,4 +48,3 @@ def test_agent_run_leaves_client_rich_and_staging_libraries_unloaded(tmp_path: P
     assert "exit 2" in stderr, stderr  # it got as far as reading its settings
     assert "node_agent.agent.supervisor" in modules and "structlog" in modules
     assert not heavy(modules)
-
