@@ -6,6 +6,8 @@ most agents never see a container among their resource files.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -34,6 +36,7 @@ def blob_url(container: str, name: str) -> str:
 
 async def list_blobs(url: str, prefix: str | None, options: HttpOptions) -> list[Blob]:
     """Every blob of the container whose name starts with ``prefix``; failures become Azure's codes."""
+    await asyncio.to_thread(importlib.import_module, "azure.storage.blob.aio")  # the first time: a long import
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,

@@ -10,6 +10,7 @@ the attempt with Azure's code.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,20 +189,23 @@ class Stager:
                 run.report.bytes_downloaded += lookup.bytes_received
 
     async def _fetch_to(self, url: str, outputs: Sequence[Output], validators: Validators | None) -> Fetched:
-        return await fetch(self._http_session(), url, outputs, self.options.http, validators)
+        return await fetch(await self._http_session(), url, outputs, self.options.http, validators)
 
-    def _http_session(self) -> aiohttp.ClientSession:
+    async def _http_session(self) -> aiohttp.ClientSession:
         if not self._is_open:
             raise RuntimeError("Stager used outside 'async with'")
         if self._session is None:
-            import aiohttp  # here, not at the top: see the class docstring
+            # Here, not at the top (see the class docstring); in a thread, as an import this size blocks a while.
+            await asyncio.to_thread(importlib.import_module, "aiohttp")
+            import aiohttp
 
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, limit_per_host=16),
-                read_bufsize=1 << 20,
-                auto_decompress=False,  # the file is the bytes the server holds, as Azure Batch stores a blob
-                headers={"Accept-Encoding": "identity"},
-            )
+            if self._session is None:  # another download may have made it while this one waited for the import
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=64, limit_per_host=16),
+                    read_bufsize=1 << 20,
+                    auto_decompress=False,  # the file is the bytes the server holds, as Azure Batch stores a blob
+                    headers={"Accept-Encoding": "identity"},
+                )
         return self._session
 
 
