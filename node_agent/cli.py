@@ -111,9 +111,12 @@ def schema() -> None:
 
 
 def main() -> None:
-    from node_agent.client.cli import register
-    from node_agent.ops.cli import register as register_ops
+    # The daemon (`run`) skips the client's and the operator's commands: they import rich and the client library,
+    # memory the agent would hold for its whole life (tests/unit/test_footprint.py).
+    if sys.argv[1:2] != ["run"]:
+        from node_agent.client.cli import register
+        from node_agent.ops.cli import register as register_ops
 
-    register(app)
-    register_ops(app)
+        register(app)
+        register_ops(app)
     app()

@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines (or console) on stderr, with secrets kept out of the output."""
+"""structlog set-up: JSON lines (or console) on stderr, with secrets kept out of the output.
+
+Import this module before anything else that imports structlog (``cli.py`` does): when rich is installed (typer and
+the client's tables use it), ``import structlog`` loads rich for pretty tracebacks, about 5 MB kept for the agent's
+life. The agent prints exceptions as plain text, so rich is hidden while structlog loads; anything importing rich
+later gets it as usual. ``tests/unit/test_footprint.py`` checks it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,13 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any
+
+if "structlog" not in sys.modules and "rich" not in sys.modules:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # None in sys.modules: "import rich" raises ImportError
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
 
 import structlog
 

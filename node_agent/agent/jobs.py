@@ -303,16 +303,16 @@ class JobManager:
             result=outcome.result,
             failure_info=outcome.failure_info,
         )
-        run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
+        task = run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
         run.published = False
         await self._save_task(run)
         faults.reached("task-recorded")
-        self.ctx.deadlines.hold(task_deadline(run.job_id, run.task))  # derived from the record just written
-        await self.ctx.supervisors.forget(run.job_id, run.task.id)
+        self.ctx.deadlines.hold(task_deadline(run.job_id, task))  # derived from the record just written
+        await self.ctx.supervisors.forget(run.job_id, task.id)
         await self.publish_result(run)
         event = "task.succeeded" if outcome.result == TaskResult.SUCCESS else "task.failed"
         code = outcome.failure_info.code if outcome.failure_info is not None else None
-        log.info(event, job_id=run.job_id, task_id=run.task.id, exit_code=outcome.exit_code, code=code)
+        log.info(event, job_id=run.job_id, task_id=task.id, exit_code=outcome.exit_code, code=code)
 
     async def publish_result(self, run: TaskRun) -> None:
         """Publish a completed task, then mark its record published (else recovery publishes it again)."""
@@ -322,6 +322,7 @@ class JobManager:
         run.published = True
         await self._save_task(run)
         faults.reached("task-published")
+        run.compact()  # kept as its JSON until the job is deleted
 
     async def hand_back(self, run: TaskRun, code: str, message: str) -> None:
         """Give the task back to the scheduler: active, no node, and forgotten by this node."""

@@ -17,17 +17,36 @@ from node_agent.wire.status import (
     TaskState,
 )
 
+_SETTLED = asyncio.Event()  # shared by compacted runs: nothing waits to kill or record a published task any more
+_SETTLED.set()  # an Event binds to a loop only when something waits on it unset, so sharing it across loops is safe
 
-@dataclass(eq=False, slots=True)
+
 class TaskRun:
-    job_id: str
-    task: Task  # the last published state; replaced (models are frozen) on every change
-    kill: asyncio.Event = field(default_factory=asyncio.Event)
-    recorded: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
-    requeue_code: str | None = None  # set when the run is to be handed back instead of completed
-    request_id: str | None = None  # the addTask that brought it
-    published: bool = True  # a completed task's result is in the durable outbox (recorded with the task)
+    """One task this node holds, with what its worker needs while it runs.
+
+    Once completed and published, ``compact()`` keeps only the task's final JSON: about 1 KB instead of 7 while its
+    job exists (thousands of such tasks are normal). ``task`` then parses it again, which only a repeated addTask,
+    a terminateTask or recovery ask for; ``is_finished`` and ``is_running`` do not."""
+
+    __slots__ = ("_final", "_task", "job_id", "kill", "published", "recorded", "request_id", "requeue_code", "worker")
+
+    def __init__(self, job_id: str, task: Task, request_id: str | None = None, published: bool = True) -> None:
+        self.job_id = job_id
+        self._task: Task | None = task  # the last published state; replaced (models are frozen) on every change
+        self._final: bytes | None = None  # instead of _task once compacted
+        self.kill = asyncio.Event()
+        self.recorded = asyncio.Event()
+        self.worker: asyncio.Task[None] | None = None
+        self.requeue_code: str | None = None  # set when the run is to be handed back instead of completed
+        self.request_id = request_id  # the addTask that brought it
+        self.published = published  # a completed task's result is in the durable outbox (recorded with the task)
+
+    @property
+    def task(self) -> Task:
+        if self._task is not None:
+            return self._task
+        assert self._final is not None
+        return Task.model_validate_json(self._final)
 
     @property
     def spec(self) -> TaskSpec:
@@ -35,15 +54,25 @@ class TaskRun:
 
     @property
     def is_finished(self) -> bool:
-        return self.task.state == TaskState.COMPLETED
+        return self._task is None or self._task.state == TaskState.COMPLETED
 
     @property
     def is_running(self) -> bool:
-        return self.task.state == TaskState.RUNNING
+        return self._task is not None and self._task.state == TaskState.RUNNING
 
     def update(self, **changes: Any) -> Task:
-        self.task = self.task.model_copy(update=changes)
-        return self.task
+        self._task = self.task.model_copy(update=changes)
+        self._final = None
+        return self._task
+
+    def compact(self) -> None:
+        """A completed, published task: keep its JSON, drop the model, the events and the finished worker."""
+        if self._task is None or self._task.state != TaskState.COMPLETED or not self.published:
+            return
+        self._final = self._task.to_json()
+        self._task = None
+        self.kill = self.recorded = _SETTLED
+        self.worker = None
 
 
 @dataclass(eq=False, slots=True)

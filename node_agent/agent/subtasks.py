@@ -149,7 +149,7 @@ class Subtasks:
     async def _hand_back_waiting(self, job: NodeJob) -> None:
         """Guarantee 2: every task of the job waiting here goes back to the scheduler."""
         for run in list(job.tasks.values()):
-            if run.task.state in (TaskState.ACTIVE, TaskState.PREPARING) and run.worker is not None:
+            if not run.is_finished and not run.is_running and run.worker is not None:  # active or preparing
                 run.worker.cancel()
                 await asyncio.wait({run.worker})
                 await self.manager.hand_back(run, "JobPreparationTaskFailed", "the job preparation task failed")

@@ -10,6 +10,7 @@ import sqlite3
 import ssl
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -46,6 +47,9 @@ from node_agent.transport.mqtt import Ack, MqttTransport, Outgoing, SessionOptio
 from node_agent.transport.outbox import OUTBOX_FILE, OutboxStore
 from node_agent.wire.status import NodeStateName, TaskUserMode
 from node_agent.wire.topics import Topics
+
+if TYPE_CHECKING:
+    from node_agent.ops.metrics_endpoint import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -119,11 +123,13 @@ async def serve(
         os.close(lock)
 
 
-def _metrics_server(settings: AgentSettings) -> metrics.MetricsServer | None:
+def _metrics_server(settings: AgentSettings) -> MetricsServer | None:
     if settings.metrics_port is None:
         return None
+    from node_agent.ops.metrics_endpoint import MetricsServer  # prometheus-client only when it is served
+
     try:
-        return metrics.MetricsServer(settings.metrics_host, settings.metrics_port, settings.root)
+        return MetricsServer(settings.metrics_host, settings.metrics_port, settings.root)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
 

@@ -1,64 +1,126 @@
-"""Prometheus metrics of one agent, and the optional endpoint that serves them (``metrics_port``).
+"""This agent's metrics, kept as plain numbers; ``ops/metrics_endpoint.py`` serves them when ``metrics_port`` is set.
 
 Other modules count through the objects here, e.g. ``metrics.staging_bytes.inc(n)`` after a download,
-``metrics.staging_cache_hits.inc()`` on a cache hit. Everything lives in ``REGISTRY``, not prometheus-client's
-global one, so the endpoint shows this agent's figures and nothing a library registered.
+``metrics.staging_cache_hits.inc()`` on a cache hit. They are not prometheus-client's objects: that library (about
+10 MB) is imported only by the endpoint, so an agent without one does not carry it. Label values are small fixed
+sets (states, results, command types): never a task or job id, which would keep memory per task for ever.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from wsgiref.simple_server import WSGIServer
+from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
-from node_agent.ops.figures import measure_node
-
-REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
+Kind = Literal["counter", "gauge", "histogram"]
 
 TASK_STATES = ("active", "preparing", "running", "completed")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, float("inf"))
 
-tasks = Gauge("node_agent_tasks", "Tasks held by this node, by state", ["state"], registry=REGISTRY)
-tasks_completed = Counter(
-    "node_agent_tasks_completed", "Tasks completed on this node, by result", ["result"], registry=REGISTRY
+_lock = threading.Lock()  # the endpoint's thread reads while the event loop writes
+
+
+@dataclass(eq=False, slots=True)
+class Family:
+    """One metric and its values by label values. A histogram's values are its bucket counts, then its sum."""
+
+    name: str
+    help: str
+    kind: Kind
+    label_names: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()  # histograms: upper bounds, the last one +Inf
+    values: dict[tuple[str, ...], list[float]] = field(default_factory=dict)
+
+    def labels(self, *label_values: str) -> Sample:
+        if len(label_values) != len(self.label_names):
+            raise ValueError(f"{self.name} takes the labels {self.label_names}, not {label_values}")
+        return Sample(self, label_values)
+
+    def inc(self, amount: float = 1.0) -> None:
+        Sample(self, ()).inc(amount)
+
+    def snapshot(self) -> dict[tuple[str, ...], list[float]]:
+        with _lock:
+            return {key: list(value) for key, value in self.values.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    family: Family
+    key: tuple[str, ...]
+
+    def _value(self) -> list[float]:
+        values = self.family.values
+        if (value := values.get(self.key)) is None:
+            value = values[self.key] = [0.0] * (len(self.family.buckets) + 1 if self.family.buckets else 1)
+        return value
+
+    def inc(self, amount: float = 1.0) -> None:
+        with _lock:
+            self._value()[0] += amount
+
+    def set(self, value: float) -> None:
+        with _lock:
+            self._value()[0] = value
+
+    def observe(self, value: float) -> None:
+        with _lock:
+            counts = self._value()
+            counts[bisect.bisect_left(self.family.buckets, value)] += 1
+            counts[-1] += value
+
+    def get(self) -> float:
+        """A counter's or gauge's value (for tests)."""
+        with _lock:
+            return self._value()[0]
+
+
+FAMILIES: list[Family] = []
+
+
+def _family(name: str, text: str, kind: Kind, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = ()) -> Family:
+    family = Family(name, text, kind, labels, buckets)
+    FAMILIES.append(family)
+    return family
+
+
+tasks = _family("node_agent_tasks", "Tasks held by this node, by state", "gauge", ("state",))
+tasks_completed = _family(
+    "node_agent_tasks_completed", "Tasks completed on this node, by result", "counter", ("result",)
 )
-task_duration = Histogram(
-    "node_agent_task_duration_seconds", "Task run time, all attempts", ["result"], buckets=DURATION_BUCKETS,
-    registry=REGISTRY,
-)  # fmt: skip
-subtask_duration = Histogram(
+task_duration = _family(
+    "node_agent_task_duration_seconds", "Task run time, all attempts", "histogram", ("result",), DURATION_BUCKETS
+)
+subtask_duration = _family(
     "node_agent_subtask_duration_seconds",
     "Job preparation and release task run time, by kind (preparation, release) and result",
-    ["kind", "result"],
-    buckets=DURATION_BUCKETS,
-    registry=REGISTRY,
+    "histogram",
+    ("kind", "result"),
+    DURATION_BUCKETS,
 )
-command_duration = Histogram(
+command_duration = _family(
     "node_agent_command_duration_seconds",
     "Time from a command's arrival to its reply, by command type and outcome (ok, error)",
-    ["command", "outcome"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, float("inf")),
-    registry=REGISTRY,
+    "histogram",
+    ("command", "outcome"),
+    (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, float("inf")),
 )
-broker_connects = Counter("node_agent_broker_connects", "Sessions opened with the broker", registry=REGISTRY)
-broker_reconnects = Counter(
-    "node_agent_broker_reconnects", "Sessions opened with the broker after the first", registry=REGISTRY
+broker_connects = _family("node_agent_broker_connects", "Sessions opened with the broker", "counter")
+broker_reconnects = _family(
+    "node_agent_broker_reconnects", "Sessions opened with the broker after the first", "counter"
 )
-staging_bytes = Counter("node_agent_staging_bytes", "Bytes of resource files downloaded", registry=REGISTRY)
-staging_cache_hits = Counter("node_agent_staging_cache_hits", "Resource files served from the cache", registry=REGISTRY)
-staging_cache_misses = Counter(
-    "node_agent_staging_cache_misses", "Resource files not in the cache (downloaded)", registry=REGISTRY
+staging_bytes = _family("node_agent_staging_bytes", "Bytes of resource files downloaded", "counter")
+staging_cache_hits = _family("node_agent_staging_cache_hits", "Resource files served from the cache", "counter")
+staging_cache_misses = _family(
+    "node_agent_staging_cache_misses", "Resource files not in the cache (downloaded)", "counter"
 )
 for _state in TASK_STATES:
-    tasks.labels(_state)
+    tasks.labels(_state).set(0)
+for _counter in (broker_connects, broker_reconnects, staging_bytes, staging_cache_hits, staging_cache_misses):
+    _counter.inc(0)  # shown as 0 before the first event
 
 
 class _TaskBook:
@@ -66,20 +128,20 @@ class _TaskBook:
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str], str] = {}
+        self._counts: Tally[str] = Tally()
         self._subtasks_seen: set[tuple[str, str, datetime]] = set()
-        self._lock = threading.Lock()  # the endpoint's thread reads the gauge while the loop writes it
 
     def task(
         self, job_id: str, task_id: str, state: str | None, result: str | None = None, ran_s: float | None = None
     ) -> None:
         """A task's new state; None when it left this node (handed back, or its job deleted)."""
-        with self._lock:
-            before = self._states.pop((job_id, task_id), None)
-            if state is not None:
-                self._states[(job_id, task_id)] = state
-            counts = Tally(self._states.values())
-        for name in {*TASK_STATES, *counts}:
-            tasks.labels(name).set(counts.get(name, 0))
+        before = self._states.pop((job_id, task_id), None)
+        if state is not None:
+            self._states[(job_id, task_id)] = state
+        for name, change in ((before, -1), (state, 1)):  # O(1): this runs on every state change of every task
+            if name is not None:
+                self._counts[name] += change
+                tasks.labels(name).set(self._counts[name])
         if state == "completed" and before != "completed":
             tasks_completed.labels(result or "unknown").inc()
             if ran_s is not None:
@@ -97,47 +159,3 @@ class _TaskBook:
 
 
 task_book = _TaskBook()
-
-
-class NodeCollector(Collector):
-    """CPU, memory and disk of the node, measured when scraped (in the endpoint's thread, never the loop)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        figures = measure_node(self.root)
-        values = {
-            "node_agent_node_cpu_percent": ("CPU use of the whole node, percent of all CPUs", figures.cpu_percent),
-            "node_agent_node_memory_total_bytes": ("Memory of the node", figures.memory_total_bytes),
-            "node_agent_node_memory_available_bytes": ("Memory available", figures.memory_available_bytes),
-            "node_agent_node_disk_total_bytes": ("Size of the node root's file system", figures.disk_total_bytes),
-            "node_agent_node_disk_free_bytes": ("Free bytes on the node root's file system", figures.disk_free_bytes),
-        }
-        for name, (text, value) in values.items():
-            if value is not None:
-                yield GaugeMetricFamily(name, text, value=value)
-
-
-class MetricsServer:
-    """The HTTP endpoint in a daemon thread; ``close()`` stops it."""
-
-    def __init__(self, host: str, port: int, root: Path) -> None:
-        self._collector = NodeCollector(root)
-        REGISTRY.register(self._collector)
-        try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=REGISTRY)
-        except BaseException:
-            REGISTRY.unregister(self._collector)
-            raise
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        server: WSGIServer = self._server
-        server.shutdown()
-        server.server_close()
-        self._thread.join()
-        REGISTRY.unregister(self._collector)

@@ -1,20 +1,15 @@
-"""Blob containers: listing a container URL (SAS or public) by prefix, and each blob's own download URL."""
+"""Blob containers: listing a container URL (SAS or public) by prefix, and each blob's own download URL.
+
+azure-storage-blob (about 40 MB with azure-core and aiohttp) is imported by the first listing, not with this module:
+most agents never see a container among their resource files.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
-
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceRequestTimeoutError,
-    ServiceResponseError,
-    ServiceResponseTimeoutError,
-)
-from azure.storage.blob.aio import ContainerClient
 
 from node_agent.errors import StagingFailed
 from node_agent.staging.http import HttpOptions, shown_url
@@ -41,6 +36,18 @@ def blob_url(container: str, name: str) -> str:
 
 async def list_blobs(url: str, prefix: str | None, options: HttpOptions) -> list[Blob]:
     """Every blob of the container whose name starts with ``prefix``; failures become Azure's codes."""
+    await asyncio.to_thread(importlib.import_module, "azure.storage.blob.aio")  # the first time: a long import
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceRequestTimeoutError,
+        ServiceResponseError,
+        ServiceResponseTimeoutError,
+    )
+    from azure.storage.blob.aio import ContainerClient
+
     shown = shown_url(url)
     try:
         async with ContainerClient.from_container_url(

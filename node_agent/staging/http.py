@@ -2,6 +2,8 @@
 
 Memory stays flat whatever the size: the body is read in pieces of at most ``BATCH_BYTES`` while the previous
 batch is written by a worker thread, so the network and the disk overlap and the event loop never blocks.
+
+aiohttp (about 20 MB) is imported by the first download, not with this module: most agents never stage a file.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import structlog
 
 from node_agent.errors import StagingFailed
 from node_agent.staging.sink import Output, Sink
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +108,8 @@ async def _fetch_once(
     options: HttpOptions,
     validators: Validators | None,
 ) -> Fetched:
+    import aiohttp  # here, not at the top: see the module's docstring
+
     shown = shown_url(url)
     # The read timeout is one deadline pushed back as bytes arrive (_Progress), not aiohttp's sock_read, which
     # re-arms a timer on every packet: that cost a tenth of the CPU of a fast download.

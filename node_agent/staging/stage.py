@@ -10,14 +10,14 @@ the attempt with Azure's code.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import aiohttp
 import structlog
 
 from node_agent.errors import StagingFailed
@@ -27,6 +27,9 @@ from node_agent.staging.http import Fetched, HttpOptions, Validators, fetch, sho
 from node_agent.staging.paths import confined_target, refuse, relative_parts
 from node_agent.staging.placement import place_copy
 from node_agent.staging.sink import FileAttrs, Output
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger(__name__)
 
@@ -80,24 +83,22 @@ class _Run:
 
 
 class Stager:
-    """Owns the HTTP session and the node's download cache; ``async with`` opens and closes them."""
+    """Owns the HTTP session and the node's download cache; ``async with`` opens and closes them.
+
+    The session (and aiohttp with it) is made by the first download, not on entry: most agents never stage a
+    file, and aiohttp's import is about 20 MB of the agent's memory."""
 
     def __init__(self, options: StagingOptions) -> None:
         self.options = options
         self.counters = StagingCounters()
         self._session: aiohttp.ClientSession | None = None
+        self._is_open = False
         self.cache: DownloadCache | None = None
         if options.cache_dir is not None and options.cache_max_bytes > 0:
             self.cache = DownloadCache(options.cache_dir, options.cache_max_bytes, self._fetch_to, self.counters)
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(limit=64, limit_per_host=16)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            read_bufsize=1 << 20,
-            auto_decompress=False,  # the file is the bytes the server holds, as Azure Batch stores a blob
-            headers={"Accept-Encoding": "identity"},
-        )
+        self._is_open = True
         if self.cache is not None:
             await self.cache.load()
         return self
@@ -105,8 +106,10 @@ class Stager:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._is_open = False
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def stage(
         self, sources: Sequence[Source], working_dir: Path, owner: tuple[int, int] | None = None
@@ -186,9 +189,24 @@ class Stager:
                 run.report.bytes_downloaded += lookup.bytes_received
 
     async def _fetch_to(self, url: str, outputs: Sequence[Output], validators: Validators | None) -> Fetched:
-        if self._session is None:
+        return await fetch(await self._http_session(), url, outputs, self.options.http, validators)
+
+    async def _http_session(self) -> aiohttp.ClientSession:
+        if not self._is_open:
             raise RuntimeError("Stager used outside 'async with'")
-        return await fetch(self._session, url, outputs, self.options.http, validators)
+        if self._session is None:
+            # Here, not at the top (see the class docstring); in a thread, as an import this size blocks a while.
+            await asyncio.to_thread(importlib.import_module, "aiohttp")
+            import aiohttp
+
+            if self._session is None:  # another download may have made it while this one waited for the import
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=64, limit_per_host=16),
+                    read_bufsize=1 << 20,
+                    auto_decompress=False,  # the file is the bytes the server holds, as Azure Batch stores a blob
+                    headers={"Accept-Encoding": "identity"},
+                )
+        return self._session
 
 
 def _log_fields(report: StagingReport) -> dict[str, int]:

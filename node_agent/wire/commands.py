@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 
 from node_agent.ids import Id
 from node_agent.wire.base import Timestamp, WireModel
@@ -86,7 +86,9 @@ Command = Annotated[
     | ReimageNode,
     Field(discriminator="type"),
 ]
-COMMANDS: TypeAdapter[Command] = TypeAdapter(Command)
+# cache_strings="keys": pydantic would otherwise keep every task id and requestId it parsed in its string cache
+# (up to 16,384 of them, about 2 MB an agent holds for its life); field names are few and still cached.
+COMMANDS: TypeAdapter[Command] = TypeAdapter(Command, config=ConfigDict(cache_strings="keys"))
 
 
 class ErrorInfo(WireModel):

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from node_agent.ops import metrics
+from node_agent.ops.metrics_endpoint import AgentCollector
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "node-agent.json"
 NODE_GAUGES = {f"node_agent_node_{name}" for name in ("cpu_percent", "memory_total_bytes", "memory_available_bytes")}
@@ -15,7 +16,7 @@ NODE_GAUGES |= {"node_agent_node_disk_total_bytes", "node_agent_node_disk_free_b
 
 def exported() -> set[str]:
     names = set(NODE_GAUGES)
-    for family in metrics.REGISTRY.collect():
+    for family in AgentCollector().collect():
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(family.type, ("",))
         names |= {family.name + suffix for suffix in suffixes}
     return names
@@ -30,11 +31,12 @@ def test_dashboard_queries_name_exported_metrics() -> None:
 
 def test_task_book_counts_a_completion_once_and_forgets_handed_back_tasks() -> None:
     book = metrics._TaskBook()
-    before = metrics.tasks_completed.labels("success")._value.get()
+    before = metrics.tasks_completed.labels("success").get()
     book.task("j", "t", "running")
-    assert metrics.tasks.labels("running")._value.get() == 1
+    assert metrics.tasks.labels("running").get() == 1
     book.task("j", "t", "completed", "success", 2.0)
     book.task("j", "t", "completed", "success", 2.0)  # republished: counted once
-    assert metrics.tasks_completed.labels("success")._value.get() == before + 1
+    assert metrics.tasks_completed.labels("success").get() == before + 1
+    assert metrics.tasks.labels("running").get() == 0
     book.task("j", "t", None)
-    assert metrics.tasks.labels("completed")._value.get() == 0
+    assert metrics.tasks.labels("completed").get() == 0
