@@ -56,6 +56,23 @@ def _tmp_path_open_to_task_users(request: pytest.FixtureRequest) -> None:
     tmp_path.chmod(0o1777)
 
 
+SUMMARY = "summary"  # a user property a test records (``record_property(SUMMARY, text)``) to be printed at the end
+_summaries: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the summaries tests recorded; under xdist they come from the workers too (user properties do)."""
+    if report.when == "call":
+        _summaries.extend(str(value) for name, value in report.user_properties if name == SUMMARY)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what tests recorded as their summary (the hostile input count, the soak's figures): a worker's own
+    output is not shown under xdist."""
+    for text in _summaries:
+        terminalreporter.write_line(text)
+
+
 @pytest.fixture
 def client(batch_client: BatchClient) -> BatchClient:
     return batch_client
