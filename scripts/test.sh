@@ -38,8 +38,12 @@ fi
 .venv/bin/ruff format --check --quiet node_agent tests examples bench
 .venv/bin/mypy node_agent
 
+# Tests run in parallel, in up to 4 pytest-xdist workers (one per CPU): most of a test's time is waiting on agents
+# and brokers. Tests that share something outside the process (the container tests, those that create task
+# users, those on the session's NATS cluster) are kept to one worker each (xdist_group, tests/conftest.py).
+# Arguments after these win: `bash scripts/test.sh -n 0 ...` runs in one process.
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+.venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadgroup "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "scripts/test.sh: pytest collected no tests" >&2
     exit 1

@@ -56,6 +56,27 @@ def _tmp_path_open_to_task_users(request: pytest.FixtureRequest) -> None:
     tmp_path.chmod(0o1777)
 
 
+# Tests that must not run at the same time as each other in different xdist workers (``--dist loadgroup``,
+# scripts/test.sh): the container tests build and run the same images and container names; the tests whose
+# tasks run as task users create and delete the same Linux accounts (named after node, job and task ids).
+_XDIST_GROUPS = {
+    "tests/containers/": "containers",
+    "tests/integration/test_task_users.py": "task-users",
+    "tests/integration/test_hostile_input.py": "task-users",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = item.path.relative_to(root).as_posix()
+        group = next((g for prefix, g in _XDIST_GROUPS.items() if where.startswith(prefix)), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 SUMMARY = "summary"  # a user property a test records (``record_property(SUMMARY, text)``) to be printed at the end
 _summaries: list[str] = []
 
