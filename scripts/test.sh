@@ -40,7 +40,7 @@ fi
 
 # Tests run in parallel, in up to 4 pytest-xdist workers (one per CPU): most of a test's time is waiting on agents
 # and brokers. Tests that share something outside the process (the container tests, those that create task
-# users, those on the session's NATS cluster) are kept to one worker each (xdist_group, tests/conftest.py).
+# users, those on a NATS cluster) are kept to one worker per group (tests/conftest.py, pytest_xdist_make_scheduler).
 # Arguments after these win: `bash scripts/test.sh -n 0 ...` runs in one process.
 status=0
 .venv/bin/python -m pytest -n auto --maxprocesses 4 --dist loadgroup "$@" || status=$?
