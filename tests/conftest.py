@@ -58,23 +58,24 @@ def _tmp_path_open_to_task_users(request: pytest.FixtureRequest) -> None:
 
 
 # Tests that must not run at the same time as each other in different xdist workers (scripts/test.sh runs
-# ``-n auto --dist loadgroup``), by the start of their node id: the container tests build and run the same images
+# ``-n auto --dist loadgroup``), by the start of their node id. The container tests build and run the same images
 # and container names; the tests whose tasks run as task users create and delete the same Linux accounts (named
-# after node, job and task ids); the tests on a NATS cluster share one worker, so the session's cluster starts
-# once, and no two clusters elect their JetStream leaders at once on a busy 2-core machine (they then miss their
-# readiness timeout).
+# after node, job and task ids). The tests on a NATS cluster share a worker with the container tests: the
+# session's cluster starts once, and neither a cluster's start nor its JetStream re-election after a node's
+# SIGKILL competes with another cluster or with an image build (on a busy 2-core machine they then miss their
+# timeouts).
 _XDIST_GROUPS = {
-    "tests/containers/": "containers",
+    "tests/containers/": "containers-and-nats",
+    "tests/integration/test_broker_node_failure.py": "containers-and-nats",
+    "tests/integration/test_nats_permissions.py": "containers-and-nats",
     "tests/integration/test_task_users.py": "task-users",
     "tests/integration/test_hostile_input.py": "task-users",
-    "tests/integration/test_broker_node_failure.py": "nats-cluster",
-    "tests/integration/test_nats_permissions.py": "nats-cluster",
 }
 
 
 def xdist_group_of(nodeid: str) -> str | None:
     if nodeid.endswith("[nats-cluster]"):  # an every_broker test's NATS variant, on the session's cluster
-        return "nats-cluster"
+        return "containers-and-nats"
     return next((group for prefix, group in _XDIST_GROUPS.items() if nodeid.startswith(prefix)), None)
 
 
