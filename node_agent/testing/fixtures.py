@@ -41,6 +41,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("mqtt_broker", BROKER_KINDS, indirect=True, scope="session")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) the tests on the NATS cluster go to one worker: the session's
+    cluster is then started once, not once per worker."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("mqtt_broker") == "nats-cluster":
+            item.add_marker(pytest.mark.xdist_group("nats-cluster"))
+
+
 class BrokerFactory(Protocol):
     """What ``mqtt_broker_factory`` gives: call it to start a Mosquitto with the given security."""
 

@@ -18,7 +18,6 @@ from node_agent.wire.status import (
 )
 from tests.conftest import count_lines, restart
 
-pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
 COUNT_PREP = f"echo x >> {SHARED}/prep-count"
@@ -55,6 +54,7 @@ def tasks(count: int, script: str, prefix: str = "t") -> list[TaskSpec]:
     return [TaskSpec(id=f"{prefix}{n}", command_line=sh(script)) for n in range(count)]
 
 
+@pytest.mark.every_broker  # on NATS too (docs/testing.md): preparation, once per node, before its tasks
 async def test_prep_runs_once_before_first_task_for_many_tasks(pool, client: BatchClient) -> None:
     [node] = await pool(1, task_slots=2)
     prep = JobPreparationTask(command_line=sh(f"{COUNT_PREP} && touch {SHARED}/prepared"))

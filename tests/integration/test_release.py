@@ -21,7 +21,6 @@ from node_agent.wire.status import (
 from tests.conftest import count_lines, restart
 from tests.raw_mqtt import RawMqtt
 
-pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
 GATE = f"while [ ! -e {SHARED}/go ]; do sleep 0.05; done"  # held until the test creates shared/go
@@ -70,6 +69,7 @@ async def hand_back_after_failed_prep(pool: NodePool, client: BatchClient) -> Fa
     return node
 
 
+@pytest.mark.every_broker  # on NATS too (docs/testing.md): release on nodes of different brokers
 async def test_terminate_ends_tasks_then_releases_once_on_every_prepared_node(
     pool, client: BatchClient, mqtt_broker: BrokerHandle
 ) -> None:
@@ -135,6 +135,7 @@ async def test_delete_of_active_job_ends_tasks_releases_once_and_removes_job(poo
     assert await count_lines(client, node.node_id, "shared/release-count") == 1
 
 
+@pytest.mark.every_broker  # on NATS too (docs/testing.md): a command held for a node that is away
 async def test_node_offline_at_terminate_releases_when_it_returns(pool, client: BatchClient) -> None:
     [node] = await pool(1)
     await client.create_job(counted_job("j1"))

@@ -25,7 +25,6 @@ from node_agent.wire.status import Event, NodeState, Task, TaskResult, TaskState
 from tests.processes import Fifo, has_exited, open_pidfd
 from tests.raw_mqtt import RawMqtt
 
-pytestmark = pytest.mark.every_broker
 TIMEOUT_S = 20.0
 
 
@@ -308,6 +307,7 @@ async def test_one_task_slot_runs_tasks_one_at_a_time(pool, client: BatchClient,
 COUNT_RUNS = sh('echo run >> "$AZ_BATCH_NODE_SHARED_DIR/count-$AZ_BATCH_JOB_ID"')
 
 
+@pytest.mark.every_broker  # on NATS too (docs/testing.md): duplicates, and a job document after its command
 async def test_repeated_add_task_runs_the_task_once_and_acks_every_copy(
     pool, client: BatchClient, raw: RawMqtt
 ) -> None:

@@ -48,3 +48,16 @@ def test_docs_testing_md_prints_the_example_test_as_it_is() -> None:
     example = (ROOT / "tests" / "integration" / "test_downstream_example.py").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
     assert example in blocks, "docs/testing.md must show tests/integration/test_downstream_example.py verbatim"
+
+
+def test_docs_testing_md_lists_the_tests_that_run_on_nats_too() -> None:
+    doc = (ROOT / "docs" / "testing.md").read_text()
+    listed = set(re.findall(r"^\| `(test_\w+\.py::test_\w+)` \|", doc, flags=re.MULTILINE))
+    marked = set()
+    for module in (ROOT / "tests" / "integration").glob("test_*.py"):
+        text = module.read_text()
+        whole = "pytestmark = pytest.mark.every_broker" in text  # a module of one test (test_smoke.py)
+        names = re.findall(r"^async def (test_\w+)", text, flags=re.MULTILINE) if whole else []
+        names += re.findall(r"^@pytest\.mark\.every_broker\b.*\n(?:@.*\n)*async def (test_\w+)", text, re.MULTILINE)
+        marked |= {f"{module.name}::{name}" for name in names}
+    assert listed == marked, "the table in docs/testing.md names the every_broker tests, and only them"
