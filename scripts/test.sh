@@ -38,8 +38,6 @@ fi
 .venv/bin/ruff format --check --quiet node_agent tests examples bench
 .venv/bin/mypy node_agent
 
-# One process by default. `bash scripts/test.sh -n 2 --dist loadgroup` runs in two pytest-xdist workers, with the
-# groups of tests/conftest.py; not the default yet: docs/testing.md says which tests still fail that way.
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -57,59 +56,19 @@ def _tmp_path_open_to_task_users(request: pytest.FixtureRequest) -> None:
     tmp_path.chmod(0o1777)
 
 
-# Tests that must not run at the same time as each other in different xdist workers (scripts/test.sh runs
-# ``-n auto --dist loadgroup``), by the start of their node id. The container tests build and run the same images
-# and container names; the tests whose tasks run as task users create and delete the same Linux accounts (named
-# after node, job and task ids). The tests on a NATS cluster share a worker with the container tests: the
-# session's cluster starts once, and neither a cluster's start nor its JetStream re-election after a node's
-# SIGKILL competes with another cluster or with an image build (on a busy 2-core machine they then miss their
-# timeouts).
-_XDIST_GROUPS = {
-    "tests/containers/": "containers-and-nats",
-    "tests/integration/test_broker_node_failure.py": "containers-and-nats",
-    "tests/integration/test_nats_permissions.py": "containers-and-nats",
-    "tests/integration/test_task_users.py": "task-users",
-    "tests/integration/test_hostile_input.py": "task-users",
-}
-
-
-def xdist_group_of(nodeid: str) -> str | None:
-    if nodeid.endswith("[nats-cluster]"):  # an every_broker test's NATS variant, on the session's cluster
-        return "containers-and-nats"
-    return next((group for prefix, group in _XDIST_GROUPS.items() if nodeid.startswith(prefix)), None)
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup`` with the groups above, decided from node ids on the controller.
-
-    xdist's own loadgroup reads ``xdist_group`` marks through a node id suffix that pytest 9.2 no longer lets it
-    set (pytest-xdist issue 1386): the marks are silently ignored. Each test outside a group is a scope of its
-    own, so the rest is spread as ``--dist load`` spreads it.
-    """
-    if config.getvalue("dist") != "loadgroup":
-        return None
-    from xdist.scheduler import LoadGroupScheduling
-
-    class Grouped(LoadGroupScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_group_of(nodeid) or super()._split_scope(nodeid)
-
-    return Grouped(config, log)
-
-
 SUMMARY = "summary"  # a user property a test records (``record_property(SUMMARY, text)``) to be printed at the end
 _summaries: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Collect the summaries tests recorded; under xdist they come from the workers too (user properties do)."""
+    """Collect the summaries tests recorded (``record_property(SUMMARY, ...)``)."""
     if report.when == "call":
         _summaries.extend(str(value) for name, value in report.user_properties if name == SUMMARY)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print what tests recorded as their summary (the hostile input count, the soak's figures): a worker's own
-    output is not shown under xdist."""
+    """Print what tests recorded as their summary (the hostile input count, the soak's figures), which pytest
+    would otherwise show only with ``-s``."""
     for text in _summaries:
         terminalreporter.write_line(text)
 
