@@ -98,7 +98,7 @@ class Agent:
             return all(task.state == "completed" for task in tasks)
 
         # Every task starts its own supervisor process (ADR 0011): on a loaded machine ~50 of them take a while
-        # (over a minute with another test suite and an xdist worker beside it).
+        # (over a minute with another test suite beside it).
         await self.client.wait_until(done, 6 * TIMEOUT_S)
 
     async def publish_job(self, job_id: str, payload: bytes) -> None:
@@ -232,5 +232,5 @@ def test_hostile_commands_get_a_well_formed_reply_or_none_and_the_agent_stays_up
     assert outside_root(node) == before
     ran = [task for (job_id, _), task in agent.client.view.tasks.items() if job_id == "seed"]
     summary = f"hostile input: {sum(tried.values())} inputs tried ({tried}); {len(ran)} tasks accepted and run"
-    record_property(SUMMARY, summary)  # printed at the end of the run (tests/conftest.py), with or without xdist
+    record_property(SUMMARY, summary)  # printed at the end of the run (tests/conftest.py)
     assert tried["commands"] >= EXAMPLES // 2
