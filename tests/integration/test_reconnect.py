@@ -36,8 +36,8 @@ async def test_task_result_during_broker_outage_arrives_after_restart(tmp_path: 
 
             # The agent subscribed again: a new task runs (the broker kept no retained job: publish it again).
             await client.create_job(Job(id="j1"))
-            # The old broker sent the agent's will (offline) as it stopped; the agent's NodeState on its new
-            # session follows its queued results, so the client may see the result before the node is back.
+            # The client may have seen the agent's will (offline) around the restart, and the agent's NodeState of
+            # its new session follows its queued results: the result can arrive before the node is back.
             await client.wait_until(lambda: all(n.state == "idle" for n in client.view.nodes.values()), 20)
             await client.add_task("j1", TaskSpec(id="t2", command_line="/bin/true"))
             [second] = await client.wait_for_tasks("j1", ["t2"], timeout_s=20)
