@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -170,11 +171,13 @@ class JobManager:
         return Task(**dict(spec), state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=node)
 
     async def _save_task(self, run: TaskRun) -> None:
-        document = run.task.model_dump(mode="json", by_alias=True, exclude_none=True)
-        document["requestId"] = run.request_id  # the addTask that brought it (agent/handedback.py)
-        if run.is_finished:
-            document["published"] = run.published  # False: recovery publishes the result (again)
-        await self.ctx.store.put(("jobs", run.job_id, "tasks", run.task.id), document)
+        """The task as published, plus requestId (the addTask that brought it: agent/handedback.py) and, once
+        completed, whether its result was published (False: recovery publishes it again)."""
+        extra = {"requestId": run.request_id, **({"published": run.published} if run.is_finished else {})}
+        data = (
+            self.ctx.publisher.task_json(run.task)[:-1] + b"," + json.dumps(extra, separators=(",", ":"))[1:].encode()
+        )
+        await self.ctx.store.put_json(("jobs", run.job_id, "tasks", run.task.id), data)
 
     async def save_job(self, job: NodeJob) -> None:
         await asyncio.shield(self.ctx.store.put(("jobs", job.id, "job"), job.record()))
@@ -260,8 +263,10 @@ class JobManager:
         return True
 
     def _publish_running(self, run: TaskRun) -> None:  # a retry is published by the retry reporter instead
-        if run.task.execution_info.retry_count == 0:
-            self._set_state(run, TaskState.RUNNING, state_transition_time=run.task.state_transition_time)
+        if run.task.execution_info.retry_count == 0:  # the model _start recorded: its bytes are reused
+            self._set_running.add(run)
+            self.ctx.publisher.task(run.job_id, run.task)
+            self.ctx.on_load_change()
 
     def start_recovered(self, job: NodeJob, run: TaskRun, resume: Resume | None) -> None:
         """Recovery: queue an accepted task again, or (``resume``) adopt its running supervisor."""

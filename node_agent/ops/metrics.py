@@ -66,6 +66,7 @@ class _TaskBook:
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str], str] = {}
+        self._counts: Tally[str] = Tally()  # of ``_states``' values, kept in step (a state change is O(1))
         self._subtasks_seen: set[tuple[str, str, datetime]] = set()
         self._lock = threading.Lock()  # the endpoint's thread reads the gauge while the loop writes it
 
@@ -75,11 +76,14 @@ class _TaskBook:
         """A task's new state; None when it left this node (handed back, or its job deleted)."""
         with self._lock:
             before = self._states.pop((job_id, task_id), None)
+            if before is not None:
+                self._counts[before] -= 1
             if state is not None:
                 self._states[(job_id, task_id)] = state
-            counts = Tally(self._states.values())
-        for name in {*TASK_STATES, *counts}:
-            tasks.labels(name).set(counts.get(name, 0))
+                self._counts[state] += 1
+            changed = {name: self._counts[name] for name in (before, state) if name is not None}
+        for name, count in changed.items():
+            tasks.labels(name).set(count)
         if state == "completed" and before != "completed":
             tasks_completed.labels(result or "unknown").inc()
             if ran_s is not None:
