@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 import structlog
 
 from node_agent import faults
-from node_agent.agent import handedback
 from node_agent.agent.admission import HAND_BACK_MESSAGES, Admission
 from node_agent.agent.attempts import AttemptPlan, Outcome, Resume, plan_for, run_to_end
+from node_agent.agent.handedback import HandedBack
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
@@ -72,6 +72,7 @@ class JobManager:
         self.accepting = True
         self.admission = Admission()  # scheduling state, start task, reboot: see agent/admission.py
         self.subtasks = Subtasks(self)
+        self.handed_back = HandedBack(ctx.store)
         self._set_running: set[TaskRun] = set()  # every run set running since the last count; some may have ended
 
     @property
@@ -94,7 +95,7 @@ class JobManager:
         job = self.job(job_id)
         if (known := await self._known(job, spec.id)) is not None:
             return known
-        if await handedback.is_redelivery(self.ctx.store, job_id, spec.id, request_id):
+        if await self.handed_back.is_redelivery(job_id, spec.id, request_id):
             raise InputError("TaskHandedBack", f"task {spec.id!r} was handed back by this node; nothing was done")
         self._check_accepting()
         doc = await self._job_document(job)
@@ -337,7 +338,7 @@ class JobManager:
         run.update(state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info)
         await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
         await asyncio.shield(self.ctx.supervisors.forget(run.job_id, run.task.id))
-        await asyncio.shield(handedback.remember(self.ctx.store, run.job_id, run.task.id, run.request_id))
+        await asyncio.shield(self.handed_back.remember(run.job_id, run.task.id, run.request_id))
         if info.start_time is not None:  # it ran here: its directory is left to retention, as a completed task's
             retention = run.spec.constraints.retention_time
             kind = DirectoryKind.TASK
