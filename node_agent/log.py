@@ -8,6 +8,7 @@ later gets it as usual. ``tests/unit/test_footprint.py`` checks it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -25,10 +26,14 @@ import structlog
 _SECRET_KEYS = ("password", "secret", "token", "env", "sas")
 
 
+@functools.lru_cache(maxsize=512)  # log lines use a few dozen key names, each checked once
+def _is_secret(key: str) -> bool:
+    return any(word in key.lower() for word in _SECRET_KEYS)
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
-        if any(word in key.lower() for word in _SECRET_KEYS):
-            event[key] = "***"
+    for key in [key for key in event if _is_secret(key)]:
+        event[key] = "***"
     return event
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -208,6 +209,8 @@ async def _attempt(plan: AttemptPlan, spec: ProcessSpec, kill: asyncio.Event, re
 
     try:
         if resume is not None and resume.adopt and plan.supervision is not None:
+            if spec.prepare is not None:
+                await asyncio.to_thread(spec.prepare)
             return await adopt(plan.supervision, kill, resume.detach)
         if plan.supervision is not None:
             detach = resume.detach if resume else None
@@ -247,7 +250,8 @@ async def run_to_end(
             await _stage_unless_killed(plan.stage, staging_dir, run_as, kill)
         while True:
             # Before every attempt: what the last attempt (or staging) left in the directory becomes the user's.
-            working_dir = await asyncio.to_thread(prepare_task_dir, plan.task_dir, run_as.uid, run_as.gid)
+            # The launch does it in its own thread call (ProcessSpec.prepare); the working dir is task_dir/wd.
+            working_dir = plan.task_dir / "wd"
             spec = ProcessSpec(
                 command_line=plan.command_line,
                 cwd=working_dir,
@@ -258,6 +262,7 @@ async def run_to_end(
                 uid=run_as.uid,
                 gid=run_as.gid,
                 umask=TASK_UMASK,
+                prepare=functools.partial(prepare_task_dir, plan.task_dir, run_as.uid, run_as.gid),
             )
             result = await _attempt(plan, spec, kill, resume)
             faults.reached("task-exited")

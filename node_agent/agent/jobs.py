@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,9 +20,9 @@ from datetime import datetime, timedelta
 import structlog
 
 from node_agent import faults
-from node_agent.agent import handedback
 from node_agent.agent.admission import HAND_BACK_MESSAGES, Admission
 from node_agent.agent.attempts import AttemptPlan, Outcome, Resume, plan_for, run_to_end
+from node_agent.agent.handedback import HandedBack
 from node_agent.agent.layout import NodeLayout
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
@@ -71,6 +72,7 @@ class JobManager:
         self.accepting = True
         self.admission = Admission()  # scheduling state, start task, reboot: see agent/admission.py
         self.subtasks = Subtasks(self)
+        self.handed_back = HandedBack(ctx.store)
         self._set_running: set[TaskRun] = set()  # every run set running since the last count; some may have ended
 
     @property
@@ -93,7 +95,7 @@ class JobManager:
         job = self.job(job_id)
         if (known := await self._known(job, spec.id)) is not None:
             return known
-        if await handedback.is_redelivery(self.ctx.store, job_id, spec.id, request_id):
+        if await self.handed_back.is_redelivery(job_id, spec.id, request_id):
             raise InputError("TaskHandedBack", f"task {spec.id!r} was handed back by this node; nothing was done")
         self._check_accepting()
         doc = await self._job_document(job)
@@ -170,11 +172,13 @@ class JobManager:
         return Task(**dict(spec), state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=node)
 
     async def _save_task(self, run: TaskRun) -> None:
-        document = run.task.model_dump(mode="json", by_alias=True, exclude_none=True)
-        document["requestId"] = run.request_id  # the addTask that brought it (agent/handedback.py)
-        if run.is_finished:
-            document["published"] = run.published  # False: recovery publishes the result (again)
-        await self.ctx.store.put(("jobs", run.job_id, "tasks", run.task.id), document)
+        """The task as published, plus requestId (the addTask that brought it: agent/handedback.py) and, once
+        completed, whether its result was published (False: recovery publishes it again)."""
+        extra = {"requestId": run.request_id, **({"published": run.published} if run.is_finished else {})}
+        data = (
+            self.ctx.publisher.task_json(run.task)[:-1] + b"," + json.dumps(extra, separators=(",", ":"))[1:].encode()
+        )
+        await self.ctx.store.put_json(("jobs", run.job_id, "tasks", run.task.id), data)
 
     async def save_job(self, job: NodeJob) -> None:
         await asyncio.shield(self.ctx.store.put(("jobs", job.id, "job"), job.record()))
@@ -260,8 +264,10 @@ class JobManager:
         return True
 
     def _publish_running(self, run: TaskRun) -> None:  # a retry is published by the retry reporter instead
-        if run.task.execution_info.retry_count == 0:
-            self._set_state(run, TaskState.RUNNING, state_transition_time=run.task.state_transition_time)
+        if run.task.execution_info.retry_count == 0:  # the model _start recorded: its bytes are reused
+            self._set_running.add(run)
+            self.ctx.publisher.task(run.job_id, run.task)
+            self.ctx.on_load_change()
 
     def start_recovered(self, job: NodeJob, run: TaskRun, resume: Resume | None) -> None:
         """Recovery: queue an accepted task again, or (``resume``) adopt its running supervisor."""
@@ -333,7 +339,7 @@ class JobManager:
         run.update(state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=None, execution_info=info)
         await asyncio.shield(self.ctx.store.delete(("jobs", run.job_id, "tasks", run.task.id)))
         await asyncio.shield(self.ctx.supervisors.forget(run.job_id, run.task.id))
-        await asyncio.shield(handedback.remember(self.ctx.store, run.job_id, run.task.id, run.request_id))
+        await asyncio.shield(self.handed_back.remember(run.job_id, run.task.id, run.request_id))
         if info.start_time is not None:  # it ran here: its directory is left to retention, as a completed task's
             retention = run.spec.constraints.retention_time
             kind = DirectoryKind.TASK

@@ -21,6 +21,8 @@ from node_agent.wire.status import (
 )
 from node_agent.wire.topics import Topics
 
+_RECENT_TASKS = 256  # serialised tasks kept for reuse (a task's state is saved and published from one model)
+
 
 class Publisher:
     def __init__(self, transport: MqttTransport, topics: Topics, node_id: str, pool_id: str) -> None:
@@ -28,6 +30,18 @@ class Publisher:
         self._topics = topics
         self.node_id = node_id
         self.pool_id = pool_id
+        self._recent: dict[int, tuple[Task, bytes]] = {}  # id(task) -> (task, its JSON); the task pins its id
+
+    def task_json(self, task: Task) -> bytes:
+        """``task.to_json()``, made once per state change: the retained state, its event and the store record
+        of one Task model share the bytes (a model is frozen, so its bytes never change)."""
+        if (hit := self._recent.get(id(task))) is not None and hit[0] is task:
+            return hit[1]
+        data = task.to_json()
+        if len(self._recent) >= _RECENT_TASKS:
+            del self._recent[next(iter(self._recent))]
+        self._recent[id(task)] = (task, data)
+        return data
 
     async def persisted(self) -> None:
         """Wait until everything published so far is in the durable outbox."""
@@ -35,20 +49,23 @@ class Publisher:
 
     def task(self, job_id: str, task: Task, *, code: str | None = None, message: str | None = None) -> None:
         """Retained task state plus an event; a ``code`` marks a hand-back (the task left this node)."""
-        self._transport.publish(self._topics.task(job_id, task.id), task.to_json(), retain=True)
+        data = self.task_json(task)
+        self._transport.publish(self._topics.task(job_id, task.id), data, retain=True)
         info = task.execution_info
         ran = (info.end_time - info.start_time).total_seconds() if info.end_time and info.start_time else None
         metrics.task_book.task(job_id, task.id, None if code else task.state, info.result, ran)
-        self._event(
-            "taskHandedBack" if code else "taskStateChanged",
-            at=task.state_transition_time,  # a copy published again after a crash is byte-identical
+        # The event's last field is its task: the task's bytes are spliced in, not serialised again.
+        head = Event.model_construct(
+            type="taskHandedBack" if code else "taskStateChanged",
+            time=task.state_transition_time,  # a copy published again after a crash is byte-identical
+            node_id=self.node_id,
             job_id=job_id,
             task_id=task.id,
             state=task.state,
             code=code,
             message=message,
-            task=task,
-        )
+        ).to_json()
+        self._transport.publish(self._topics.node_events(self.node_id), head[:-1] + b',"task":' + data + b"}")
 
     def subtask(self, job_id: str, task_id: str, kind: EventType, state: TaskState) -> None:
         """An event for the job's preparation or release task on this node (its status is on job_node)."""

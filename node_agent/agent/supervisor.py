@@ -168,11 +168,14 @@ async def _serve(
     async with Stager(staging_options(settings)) as stager, supervisors, asyncio.TaskGroup() as group:
         manager: JobManager | None = None
         scheduling: Scheduling | None = None
+        told = ""  # the STATUS systemd last got: a state change that leaves it as it was sends nothing
 
         def load_changed() -> None:
+            nonlocal told
             if manager is not None:
                 reporter.update(manager.running_count)
-                sdnotify.notify(f"STATUS={_status(manager, reporter)}")
+                if (status := _status(manager, reporter)) != told:
+                    told = status if sdnotify.notify(f"STATUS={status}") else ""
             if scheduling is not None:
                 scheduling.on_load_change()
 
@@ -229,6 +232,7 @@ async def _serve(
         _log_started(settings, boot_id, users)
         await stopping.wait()
         sdnotify.notify("STOPPING=1", "STATUS=stopping: handing back or finishing running tasks")
+        told = ""  # the next load change says the count again, as before
         await starter.stop()
         await manager.shutdown(settings.shutdown_grace.total_seconds(), keep_running=settings.tasks_on_stop == "keep")
         await dispatcher.close()

@@ -76,6 +76,7 @@ class TaskUsers:
         self.mode = UserMode.TASK_USERS if self.is_root else UserMode.AGENT_USER
         self._lock = asyncio.Lock()  # one useradd at a time from this agent
         self._agent = accounts.lookup_uid(os.geteuid())
+        self._pool_account: Account | None = None  # the pool auto-user, once resolved
 
     @property
     def agent_user(self) -> str:
@@ -89,8 +90,10 @@ class TaskUsers:
             case UserKind.ADMIN:
                 return RunAs("root", 0, 0, "/root")
             case UserKind.POOL:
-                name = pool_user_name(self.pool_id)
-                return _run_as(await self._ensure(name, pool_comment(self.pool_id)), own_home=False)
+                if self._pool_account is None:  # looked up (or made) once: the agent never deletes it
+                    name = pool_user_name(self.pool_id)
+                    self._pool_account = await self._ensure(name, pool_comment(self.pool_id))
+                return _run_as(self._pool_account, own_home=False)
             case UserKind.TASK:
                 name = task_user_name(self.node_id, job_id, task_id)
                 return _run_as(await self._ensure(name, task_comment(self.node_id, job_id, task_id)), own_home=False)

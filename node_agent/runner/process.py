@@ -30,6 +30,9 @@ class ProcessSpec:
     uid: int | None = None  # None: the agent's own user; else also ``gid``, and supplementary groups are dropped
     gid: int | None = None
     umask: int | None = None
+    # Blocking work to do first (making ``cwd``, say), in the same thread call as the launch's own file work:
+    # one hop off the loop per attempt instead of two. Adopting a running attempt skips it.
+    prepare: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ def split_command_line(command_line: str) -> list[str]:
 
 
 def _open_outputs(spec: ProcessSpec) -> tuple[int, int]:
+    if spec.prepare is not None:
+        spec.prepare()
     try:
         return open_outputs(spec.stdout, spec.stderr, spec.uid, spec.gid)
     except OSError as exc:

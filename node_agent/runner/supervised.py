@@ -79,7 +79,9 @@ def is_adoptable(folder: Path, boot_id: str) -> bool:
     return (folder / STATUS).exists() or shim_alive(folder) is not None
 
 
-def _prepare(folder: Path, spec: dict[str, Any]) -> int:
+def _prepare(folder: Path, spec: dict[str, Any], before: Callable[[], object] | None = None) -> int:
+    if before is not None:
+        before()  # the task's own preparation (ProcessSpec.prepare)
     shutil.rmtree(folder, ignore_errors=True)  # a previous attempt's files
     folder.mkdir(parents=True, mode=0o700)
     write_consistent(folder / SPEC, spec)
@@ -109,7 +111,7 @@ async def run_supervised(
         "gid": spec.gid,
         "umask": spec.umask,
     }
-    log_fd = await asyncio.to_thread(_prepare, supervision.folder, document)
+    log_fd = await asyncio.to_thread(_prepare, supervision.folder, document, spec.prepare)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         # Not the agent's child: the shim outlives an agent that stops leaving tasks to their supervisors.

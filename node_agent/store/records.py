@@ -56,7 +56,11 @@ class RecordStore:
 
     async def put(self, key: Key, document: dict[str, Any]) -> None:
         """Replace the record; return once it is durable (it shares its fsyncs with concurrent puts)."""
-        write = Write(self._path(key), json.dumps(document, separators=(",", ":")).encode())
+        await self.put_json(key, json.dumps(document, separators=(",", ":")).encode())
+
+    async def put_json(self, key: Key, data: bytes) -> None:
+        """``put`` of a document already serialised: ``data`` must be one JSON object (UTF-8)."""
+        write = Write(self._path(key), data)
         async with self._exclusive(key):
             await self._committer.commit(write)
 
