@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -117,6 +118,18 @@ class Outcome:
     last_retry_time: datetime | None = None
     result: TaskResult | None = None
     failure_info: FailureInfo | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The execution information fields a task, a preparation and a start task report alike."""
+        return {
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "exit_code": self.exit_code,
+            "retry_count": self.retry_count,
+            "last_retry_time": self.last_retry_time,
+            "result": self.result,
+            "failure_info": self.failure_info,
+        }
 
 
 def check_supported(plan: AttemptPlan) -> None:

@@ -299,16 +299,7 @@ class JobManager:
         return report
 
     async def _complete(self, run: TaskRun, outcome: Outcome) -> None:
-        info = TaskExecutionInfo(
-            start_time=outcome.start_time,
-            end_time=outcome.end_time,
-            exit_code=outcome.exit_code,
-            retry_count=outcome.retry_count,
-            last_retry_time=outcome.last_retry_time,
-            requeue_count=run.task.execution_info.requeue_count,
-            result=outcome.result,
-            failure_info=outcome.failure_info,
-        )
+        info = TaskExecutionInfo(**outcome.fields(), requeue_count=run.task.execution_info.requeue_count)
         task = run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
         run.published = False
         await self._save_task(run)

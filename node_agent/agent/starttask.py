@@ -132,16 +132,7 @@ class StartTaskRunner:
         outcome = await run_to_end(self._plan(spec), self._kill, self._progress)
         if self._kill.is_set():
             return  # the agent is stopping: recorded running, run again at the next start
-        self.info = StartTaskInformation(
-            state=SubtaskState.COMPLETED,
-            start_time=outcome.start_time,
-            end_time=outcome.end_time,
-            exit_code=outcome.exit_code,
-            retry_count=outcome.retry_count,
-            last_retry_time=outcome.last_retry_time,
-            result=outcome.result,
-            failure_info=outcome.failure_info,
-        )
+        self.info = StartTaskInformation(**outcome.fields(), state=SubtaskState.COMPLETED)
         await self._save()
         log.info("starttask.completed", exit_code=outcome.exit_code, result=str(outcome.result))
 

@@ -120,15 +120,7 @@ class Subtasks:
         resume = self._resume(job.prep, adopt)
         outcome = await run_to_end(plan, job.prep_kill, lambda o: self._prep_progress(job, o), resume)
         job.prep = JobPreparationTaskExecutionInformation(
-            start_time=outcome.start_time,
-            end_time=outcome.end_time,
-            state=SubtaskState.COMPLETED,
-            task_root_directory=str(task_dir),
-            exit_code=outcome.exit_code,
-            retry_count=outcome.retry_count,
-            last_retry_time=outcome.last_retry_time,
-            result=outcome.result,
-            failure_info=outcome.failure_info,
+            **outcome.fields(), state=SubtaskState.COMPLETED, task_root_directory=str(task_dir)
         )
         succeeded = outcome.result == TaskResult.SUCCESS
         job.prep_blocked = not succeeded and spec.wait_for_success
