@@ -17,6 +17,8 @@ from pathlib import Path
 
 import structlog
 
+from node_agent.runner.readiness import readable, writable
+
 log = structlog.get_logger(__name__)
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # so the server imports this very node_agent
 CLOSE_WAIT_S = 5.0
@@ -137,38 +139,21 @@ class ForkServer:
 
 
 async def _send(server: socket.socket, message: bytes, fds: list[int]) -> None:
-    loop = asyncio.get_running_loop()
     while True:
         try:
             socket.send_fds(server, [message], fds, socket.MSG_NOSIGNAL)
             return
         except BlockingIOError:
-            writable: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(server, _resolve, writable)
-            try:
-                await writable
-            finally:
-                loop.remove_writer(server)
+            await writable(server.fileno())
 
 
 async def _receive(server: socket.socket) -> tuple[bytes, list[int]]:
-    loop = asyncio.get_running_loop()
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(server, 4096, 1, socket.MSG_CMSG_CLOEXEC)
             return message, fds
         except BlockingIOError:
-            readable: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(server, _resolve, readable)
-            try:
-                await readable
-            finally:
-                loop.remove_reader(server)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+            await readable(server.fileno())
 
 
 def _unclaimed(request: asyncio.Future[tuple[int, int]]) -> None:

@@ -26,6 +26,7 @@ import structlog
 from node_agent.errors import TaskFailure
 from node_agent.runner.forkclient import ForkServer
 from node_agent.runner.process import ExitResult, ProcessSpec, split_command_line
+from node_agent.runner.readiness import readable
 from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_consistent
 from node_agent.runner.tree import kill_tree
 
@@ -152,15 +153,9 @@ async def _abandon(folder: Path, read_end: int) -> None:
 async def _first_line(fd: int) -> None:
     """Wait for a line (or EOF) on a pipe without blocking the loop."""
     os.set_blocking(fd, False)
-    loop = asyncio.get_running_loop()
     data = b""
     while b"\n" not in data:
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _resolve, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
+        await readable(fd)
         try:
             chunk = os.read(fd, 64)
         except BlockingIOError:
@@ -189,19 +184,10 @@ async def _exit_of(pidfd: int | None) -> None:
     """Wait for a process that is not our child to exit (its pidfd becomes readable); closes the pidfd."""
     if pidfd is None:
         return
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, _resolve, exited)
     try:
-        await exited
+        await readable(pidfd)
     finally:
-        loop.remove_reader(pidfd)
         os.close(pidfd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 async def watch(
