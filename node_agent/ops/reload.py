@@ -23,12 +23,17 @@ async def reload_settings(current: AgentSettings, load: Callable[[], AgentSettin
     A file that does not load leaves everything as it was (logged as ``agent.reload_failed``)."""
     notify("RELOADING=1")
     try:
+        return await _reload(current, load)
+    finally:
+        notify("READY=1")  # once the new settings are in force, as systemd expects of a reload
+
+
+async def _reload(current: AgentSettings, load: Callable[[], AgentSettings]) -> AgentSettings:
+    try:
         fresh = await asyncio.to_thread(load)
     except ConfigError as exc:
         log.error("agent.reload_failed", error=str(exc))
         return current
-    finally:
-        notify("READY=1")
     changed = {key for key in AgentSettings.model_fields if getattr(current, key) != getattr(fresh, key)}
     applied = {key: getattr(fresh, key) for key in changed & RELOADABLE}
     log.info("agent.reloaded", applied=sorted(applied), needs_restart=sorted(changed - RELOADABLE))
