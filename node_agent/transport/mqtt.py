@@ -84,6 +84,7 @@ class MqttTransport:
     _was_connected: bool = False
     _unsaved: list[Outgoing] = field(default_factory=list)
     _acked: list[int] = field(default_factory=list)
+    _records: list[tuple[str, bytes | None]] = field(default_factory=list)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
     _published: int = 0
     _saved: int = 0
@@ -97,6 +98,18 @@ class MqttTransport:
         self._unsaved.append(Outgoing(topic, payload, retain))
         self._published += 1
         self._dirty.set()
+
+    def record(self, key: str, data: bytes | None) -> None:
+        """Put (``None``: delete) a record in the durable outbox, in the same transaction as the messages
+        published since the last commit: called right after them, it is on disk exactly when they are."""
+        assert self.durable is not None, "records need the durable outbox"
+        self._records.append((key, data))
+        self._published += 1
+        self._dirty.set()
+
+    def records_left(self) -> list[tuple[str, bytes]]:
+        """The records a previous run put and did not delete (read by ``open_outbox``)."""
+        return list(self.durable.records_left) if self.durable is not None else []
 
     async def persisted(self) -> None:
         """Return once every message queued so far would survive a crash of this process."""
@@ -124,12 +137,14 @@ class MqttTransport:
             self._dirty.clear()
             added, self._unsaved = self._unsaved, []
             acked, self._acked = self._acked, []
-            if added or acked:
+            records, self._records = self._records, []
+            if added or acked or records:
                 try:
-                    seqs = await self.durable.apply([(m.topic, m.payload, m.retain) for m in added], acked)
+                    seqs = await self.durable.apply([(m.topic, m.payload, m.retain) for m in added], acked, records)
                 except sqlite3.Error as exc:  # a full disk, say: keep everything in memory and try again
                     log.error("outbox.write_failed", error=str(exc), waiting=len(added))
                     self._unsaved, self._acked = added + self._unsaved, acked + self._acked
+                    self._records = records + self._records
                     await _wait_or_stop(closing, OUTBOX_RETRY_S)
                     self._dirty.set()
                     if closing.is_set():
@@ -138,9 +153,9 @@ class MqttTransport:
                 for message, seq in zip(added, seqs, strict=True):
                     self._outbox.put_nowait(Outgoing(message.topic, message.payload, message.retain, seq))
                 async with self._saved_changed:
-                    self._saved += len(added)
+                    self._saved += len(added) + len(records)
                     self._saved_changed.notify_all()
-            if closing.is_set() and not self._unsaved and not self._acked:
+            if closing.is_set() and not self._unsaved and not self._acked and not self._records:
                 return
 
     async def flush(self, timeout_s: float) -> bool:
