@@ -36,6 +36,11 @@ NODELAY = (
 )  # without it a QoS 1 round trip waits ~40 ms (bench/rtt.py)
 BACKOFF_FIRST_S = 0.1
 OUTBOX_RETRY_S = 1.0
+# Deletions (acknowledged messages, records written to their files) need no sync of their own: they ride with
+# the next batch of new messages, or are committed on their own this long after the first of them. A crash
+# before that sends a byte-identical copy again (ADR 0010); a commit per PUBACK kept the writer busy while a
+# task's result waited for it.
+LAZY_DELETE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class MqttTransport:
     _acked: list[int] = field(default_factory=list)
     _records: list[tuple[str, bytes | None]] = field(default_factory=list)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    _lazy: asyncio.TimerHandle | None = None  # commits the deletions waiting alone (LAZY_DELETE_S)
     _published: int = 0
     _saved: int = 0
     _saved_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -104,7 +110,18 @@ class MqttTransport:
         published since the last commit: called right after them, it is on disk exactly when they are."""
         assert self.durable is not None, "records need the durable outbox"
         self._records.append((key, data))
+        if data is None:
+            self._delete_soon()
+            return
         self._published += 1
+        self._dirty.set()
+
+    def _delete_soon(self) -> None:
+        if self._lazy is None:
+            self._lazy = asyncio.get_running_loop().call_later(LAZY_DELETE_S, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy = None
         self._dirty.set()
 
     def records_left(self) -> list[tuple[str, bytes]]:
@@ -153,7 +170,7 @@ class MqttTransport:
                 for message, seq in zip(added, seqs, strict=True):
                     self._outbox.put_nowait(Outgoing(message.topic, message.payload, message.retain, seq))
                 async with self._saved_changed:
-                    self._saved += len(added) + len(records)
+                    self._saved += len(added) + sum(1 for _, data in records if data is not None)
                     self._saved_changed.notify_all()
             if closing.is_set() and not self._unsaved and not self._acked and not self._records:
                 return
@@ -285,7 +302,7 @@ class MqttTransport:
             if item.seq is not None:
                 self._acked.append(item.seq)
         if done:
-            self._dirty.set()
+            self._delete_soon()
 
 
 async def _first_event(*events: asyncio.Event) -> None:
