@@ -7,8 +7,12 @@ the agent; the test then starts the agent again without the variable and checks 
 - ``after-store``: an addTask is recorded durably, its reply not yet sent nor the command acknowledged
 - ``prep-started``: the job preparation is recorded running, its process not started yet
 - ``prepared``: the job preparation succeeded, the task waiting for it not yet recorded running
+- ``before-spawn``: a supervised process's spec.json is written, its shim not yet asked for
+- ``task-spawned``: a supervised process started (its shim said so), nothing recorded of it being running
 - ``task-exited``: a task's process ended, its result not yet recorded nor published
-- ``task-recorded``: a task's completion is recorded, not yet published
+- ``task-recorded``: a task's result and completed record are committed to the outbox, its record file not yet
+  written
+- ``task-published``: a task's record file is written, its supervisor folder and the outbox's copy not yet gone
 - ``release-started``: the job release is recorded running, its process not started yet
 
 ``NODE_AGENT_FAULT_POINT=name:N`` kills at the N-th time the point is reached (default the first).

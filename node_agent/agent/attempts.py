@@ -234,6 +234,16 @@ async def _attempt(plan: AttemptPlan, spec: ProcessSpec, kill: asyncio.Event, re
             await asyncio.shield(tracker.ended())
 
 
+def _task_info(outcome: Outcome) -> dict[str, Any]:
+    """What an agent that adopts this attempt needs to report the task as this one would (recovery.py)."""
+    last = outcome.last_retry_time
+    return {
+        "startTime": outcome.start_time.isoformat(),
+        "retryCount": outcome.retry_count,
+        "lastRetryTime": last.isoformat() if last is not None else None,
+    }
+
+
 @dataclass(slots=True)
 class Resume:
     """How run_to_end continues: from a recorded outcome (start time, retries so far), adopting the running
@@ -276,6 +286,7 @@ async def run_to_end(
                 gid=run_as.gid,
                 umask=TASK_UMASK,
                 prepare=functools.partial(prepare_task_dir, plan.task_dir, run_as.uid, run_as.gid),
+                task_info=_task_info(outcome),
             )
             result = await _attempt(plan, spec, kill, resume)
             faults.reached("task-exited")

@@ -103,7 +103,7 @@ class JobManager:
             return known
         self._check_accepting()  # the agent may have begun stopping while we waited
         self._check_acceptable(job, doc, spec)
-        run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec), request_id=request_id)
+        run = TaskRun(job_id=job_id, task=self._new_task(job_id, spec), request_id=request_id, boot_id=self.ctx.boot_id)
         job.tasks[spec.id] = run
         try:
             if not job.has_record:  # the job document first: a recovered task needs it (environment, limits)
@@ -171,14 +171,18 @@ class JobManager:
         )
         return Task(**dict(spec), state=TaskState.ACTIVE, state_transition_time=utcnow(), node_info=node)
 
+    def _task_record(self, run: TaskRun) -> bytes:
+        """The task as published, plus requestId (the addTask that brought it: agent/handedback.py), the boot it
+        was accepted in (agent/recovery.py) and, once completed, whether its result was published (False: recovery
+        publishes it again)."""
+        extra: dict[str, object] = {"requestId": run.request_id, "bootId": run.boot_id}
+        if run.is_finished:
+            extra["published"] = run.published
+        tail = json.dumps(extra, separators=(",", ":"))[1:].encode()
+        return self.ctx.publisher.task_json(run.task)[:-1] + b"," + tail
+
     async def _save_task(self, run: TaskRun) -> None:
-        """The task as published, plus requestId (the addTask that brought it: agent/handedback.py) and, once
-        completed, whether its result was published (False: recovery publishes it again)."""
-        extra = {"requestId": run.request_id, **({"published": run.published} if run.is_finished else {})}
-        data = (
-            self.ctx.publisher.task_json(run.task)[:-1] + b"," + json.dumps(extra, separators=(",", ":"))[1:].encode()
-        )
-        await self.ctx.store.put_json(("jobs", run.job_id, "tasks", run.task.id), data)
+        await self.ctx.store.put_json(task_key(run.job_id, run.task.id), self._task_record(run))
 
     async def save_job(self, job: NodeJob) -> None:
         await asyncio.shield(self.ctx.store.put(("jobs", job.id, "job"), job.record()))
@@ -238,10 +242,11 @@ class JobManager:
                 message = HAND_BACK_MESSAGES.get(run.requeue_code, "the task was stopped on this node")
                 await self.hand_back(run, run.requeue_code, message)
                 return
-            await asyncio.shield(self._complete(run, outcome))
+            await asyncio.shield(self._commit(run, outcome))
+        await asyncio.shield(self._settle(run))  # the slot is free: the next task need not wait for this
 
     async def _start(self, job: NodeJob, run: TaskRun) -> bool:
-        """Preparation first if the job waits for it, then the task recorded running; False: not started."""
+        """Preparation first if the job waits for it, then the task running (in memory); False: not started."""
         if job.ending is not None:  # a slot freed while the job ends: end_task records it TaskEnded
             return False
         assert job.doc is not None
@@ -256,21 +261,23 @@ class JobManager:
         elif prep is not None:
             self.subtasks.start_preparation(job)
         await self.ctx.deadlines.claim(job.id, run.task.id)  # handed back, then added here again
-        # Recorded running before the supervisor starts (ADR 0011), published once the process runs.
+        # Running from here, published once the process runs. Not recorded: the record stays "active" until the
+        # task completes, and the supervisor's folder tells a restarted agent whether it started (ADR 0011).
         now = utcnow()
         run.update(state=TaskState.RUNNING, state_transition_time=now, execution_info=TaskExecutionInfo(start_time=now))
-        await asyncio.shield(self._save_task(run))
         log.info("task.started")
         return True
 
     def _publish_running(self, run: TaskRun) -> None:  # a retry is published by the retry reporter instead
-        if run.task.execution_info.retry_count == 0:  # the model _start recorded: its bytes are reused
+        if run.task.execution_info.retry_count == 0:  # the model _start made
             self._set_running.add(run)
             self.ctx.publisher.task(run.job_id, run.task)
             self.ctx.on_load_change()
 
     def start_recovered(self, job: NodeJob, run: TaskRun, resume: Resume | None) -> None:
         """Recovery: queue an accepted task again, or (``resume``) adopt its running supervisor."""
+        if resume is not None:
+            self._set_running.add(run)
         run.worker = self.ctx.group.create_task(self._work(job, run, resume))
 
     def _plan(self, job: NodeJob, run: TaskRun) -> AttemptPlan:
@@ -299,17 +306,35 @@ class JobManager:
         return report
 
     async def _complete(self, run: TaskRun, outcome: Outcome) -> None:
+        await self._commit(run, outcome)
+        await self._settle(run)
+
+    async def _commit(self, run: TaskRun, outcome: Outcome) -> None:
+        """Completed: the task's state, its event and its completed record go into the durable outbox in one
+        transaction, one sync (ADR 0010). Once it returns the result is recorded and as good as published: a
+        restart applies the record left in the outbox before it reads the records (``apply_committed``)."""
         info = TaskExecutionInfo(**outcome.fields(), requeue_count=run.task.execution_info.requeue_count)
         task = run.update(state=TaskState.COMPLETED, state_transition_time=utcnow(), execution_info=info)
-        run.published = False
-        await self._save_task(run)
+        run.published = True  # the record says so: it is committed with the messages
+        self.ctx.deadlines.hold(task_deadline(run.job_id, task))  # derived from the record committed here
+        self.ctx.publisher.task(run.job_id, task)
+        self.ctx.publisher.record(task_key(run.job_id, task.id), self._task_record(run))
+        self.ctx.on_load_change()
+        await self.ctx.publisher.persisted()
         faults.reached("task-recorded")
-        self.ctx.deadlines.hold(task_deadline(run.job_id, task))  # derived from the record just written
-        await self.ctx.supervisors.forget(run.job_id, task.id)
-        await self.publish_result(run)
         event = "task.succeeded" if outcome.result == TaskResult.SUCCESS else "task.failed"
         code = outcome.failure_info.code if outcome.failure_info is not None else None
         log.info(event, job_id=run.job_id, task_id=task.id, exit_code=outcome.exit_code, code=code)
+
+    async def _settle(self, run: TaskRun) -> None:
+        """After the commit, off the task's path: its record file written (fsynced), then its supervisor folder
+        and the outbox's copy of the record removed, in that order, so a crash anywhere leaves one of them."""
+        key = task_key(run.job_id, run.task.id)
+        await self.ctx.store.put_json(key, self._task_record(run))
+        faults.reached("task-published")
+        await self.ctx.supervisors.forget(run.job_id, run.task.id)
+        self.ctx.publisher.record(key, None)
+        run.compact()  # kept as its JSON until the job is deleted
 
     async def publish_result(self, run: TaskRun) -> None:
         """Publish a completed task, then mark its record published (else recovery publishes it again)."""
@@ -365,6 +390,8 @@ class JobManager:
     async def end_task(self, run: TaskRun, message: str) -> None:
         """End a waiting or running task with TaskEnded and wait until it is recorded completed."""
         if run.is_finished or run.worker is None:
+            if run.worker is not None and not run.worker.done():
+                await asyncio.wait({run.worker})  # completed, its record file still being written (_settle)
             return
         if run.is_running:
             run.kill.set()
@@ -422,6 +449,10 @@ class JobManager:
         if workers:
             await asyncio.wait(workers)
         await self.subtasks.stop()
+
+
+def task_key(job_id: str, task_id: str) -> tuple[str, ...]:
+    return ("jobs", job_id, "tasks", task_id)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

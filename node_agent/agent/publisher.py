@@ -47,6 +47,11 @@ class Publisher:
         """Wait until everything published so far is in the durable outbox."""
         await self._transport.persisted()
 
+    def record(self, key: tuple[str, ...], data: bytes | None) -> None:
+        """Put (``None``: delete) a store record in the durable outbox, committed with what was published just
+        before: a completed task's record with its result (``JobManager.complete``, ADR 0010)."""
+        self._transport.record("/".join(key), data)
+
     def task(self, job_id: str, task: Task, *, code: str | None = None, message: str | None = None) -> None:
         """Retained task state plus an event; a ``code`` marks a hand-back (the task left this node)."""
         data = self.task_json(task)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -12,6 +14,7 @@ from node_agent.agent.attempts import Outcome, Resume
 from node_agent.agent.retained import completed_task_deadlines
 from node_agent.agent.runs import NodeJob, TaskRun
 from node_agent.errors import StoreCorrupt
+from node_agent.ids import is_valid_id
 from node_agent.store.records import RecordStore
 from node_agent.wire.base import utcnow
 from node_agent.wire.status import SubtaskState, Task, TaskState
@@ -45,6 +48,7 @@ def jobs_from(found: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]]
                     task=Task.model_validate(document),
                     request_id=document.get("requestId"),
                     published=document.get("published", True),
+                    boot_id=document.get("bootId"),
                 )
                 for document in tasks
             ]
@@ -61,6 +65,35 @@ def jobs_from(found: list[tuple[str, dict[str, Any] | None, list[dict[str, Any]]
     return jobs
 
 
+async def apply_committed(store: RecordStore, rows: list[tuple[str, bytes]]) -> None:
+    """Write the task records a previous run committed to the outbox with their results (ADR 0010) and had not
+    yet written to their own files; called before anything reads the records. A row applies only to the record
+    it completes: that task's record, still unfinished, from the same addTask (requestId); anything else (a
+    record already completed, a task handed back, a job deleted or reimaged away since) keeps its file."""
+    applied = 0
+    for key, data in rows:
+        parts = tuple(key.split("/"))
+        if len(parts) != 4 or parts[0::2] != ("jobs", "tasks") or not all(map(is_valid_id, parts[1::2])):
+            log.warning("recovery.committed_record_ignored", key=key)
+            continue
+        if await asyncio.to_thread(_completes, store, parts, data):
+            await store.put_json(parts, data)
+            applied += 1
+    if rows:
+        log.info("recovery.committed_records", records=len(rows), applied=applied)
+
+
+def _completes(store: RecordStore, key: tuple[str, ...], data: bytes) -> bool:
+    current = store.load(key)
+    if current is None or current.get("state") == TaskState.COMPLETED:
+        return False
+    try:
+        committed = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(committed, dict) and committed.get("requestId") == current.get("requestId")
+
+
 def load_jobs(store: RecordStore) -> dict[str, NodeJob]:
     """Read the jobs back without an agent (``node-agent gc``; blocking)."""
     return jobs_from(_read(store))
@@ -70,6 +103,7 @@ async def recover(manager: JobManager) -> None:
     ctx = manager.ctx
     spare = await asyncio.to_thread(ctx.supervisors.scan)  # supervisors of this boot are adopted, not killed
     await ctx.processes.kill_orphans(spare)
+    await ctx.supervisors.forget_unstarted()  # before any task starts (it makes its folder again)
     unfinished: list[TaskRun] = []
     for job_id, job in jobs_from(await asyncio.to_thread(_read, ctx.store)).items():
         if job.prep_boot_id != ctx.boot_id:
@@ -84,7 +118,8 @@ async def recover(manager: JobManager) -> None:
         ctx.deadlines.hold(deadline)
     adopted, waiting, lost = _sort_unfinished(manager, unfinished)
     for run in adopted:
-        manager.start_recovered(manager.jobs[run.job_id], run, _resume_of(run, ctx.supervisors.detach))
+        info = ctx.supervisors.task_info(run.job_id, run.task.id)
+        manager.start_recovered(manager.jobs[run.job_id], run, _resume_of(run, info, ctx.supervisors.detach))
     for run in waiting:  # accepted, never started: it runs here as if the agent had not stopped
         run.update(state=TaskState.ACTIVE)
         manager.start_recovered(manager.jobs[run.job_id], run, None)
@@ -114,25 +149,59 @@ async def recover(manager: JobManager) -> None:
 def _sort_unfinished(
     manager: JobManager, unfinished: list[TaskRun]
 ) -> tuple[list[TaskRun], list[TaskRun], list[TaskRun]]:
-    """Adopted (running, its supervisor of this boot found), waiting (never started), lost (the rest)."""
+    """Adopted (its supervisor of this boot found), waiting (never started), lost (the rest).
+
+    A task is recorded ``active`` when accepted and not again until it completes (a retry records
+    ``running``): whether it started is what its supervisor folder says (ADR 0011). ``Supervisors.scan``
+    fenced every folder no shim had claimed, so a task without an adoptable or lost folder never started and
+    never will by the hand of the previous agent: it is queued again. After a reboot the folder may have gone
+    with the page cache (it is not fsynced), so a task accepted in an earlier boot is lost rather than waiting.
+    A task recorded without a boot id was recorded ``running`` before its start (the agents before this rule):
+    ``active`` then means never started."""
     adopted, waiting, lost = [], [], []
+    supervisors, boot_id = manager.ctx.supervisors, manager.ctx.boot_id
     for run in unfinished:
-        has_doc = manager.jobs[run.job_id].doc is not None
-        if not has_doc:
+        key = (run.job_id, run.task.id)
+        if manager.jobs[run.job_id].doc is None:
             lost.append(run)  # recorded by an agent that kept no job document: nothing to run it with
-        elif not run.is_running:
-            waiting.append(run)
-        elif manager.ctx.supervisors.take(run.job_id, run.task.id):
+        elif supervisors.take(*key):
             adopted.append(run)
-        else:
+        elif run.is_running or key in supervisors.lost or run.boot_id not in (None, boot_id):
+            if (started := _time(supervisors.lost.get(key, {}), "startTime")) is not None:
+                _mark_started(run, started)  # its directory is left to retention, as a task that ran
             lost.append(run)
+        else:
+            waiting.append(run)
     return adopted, waiting, lost
 
 
-def _resume_of(run: TaskRun, detach: asyncio.Event) -> Resume:
+def _time(info: dict[str, Any], name: str) -> datetime | None:
+    value = info.get(name)
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _mark_started(run: TaskRun, started: datetime) -> None:
+    if run.task.execution_info.start_time is None:
+        info = run.task.execution_info.model_copy(update={"start_time": started})
+        run.update(execution_info=info)
+
+
+def _resume_of(run: TaskRun, folder: dict[str, Any], detach: asyncio.Event) -> Resume:
+    """Carry on from the record and from what the adopted attempt's spec.json says, the newer of the two (the
+    record of a retry is written while its attempt starts, so it may lag behind)."""
     info = run.task.execution_info
-    outcome = Outcome(start_time=info.start_time or utcnow(), retry_count=info.retry_count)
-    outcome.last_retry_time = info.last_retry_time
+    start = info.start_time or _time(folder, "startTime") or utcnow()
+    retries = folder.get("retryCount")
+    if isinstance(retries, int) and retries > info.retry_count:
+        outcome = Outcome(start_time=start, retry_count=retries, last_retry_time=_time(folder, "lastRetryTime"))
+    else:
+        outcome = Outcome(start_time=start, retry_count=info.retry_count, last_retry_time=info.last_retry_time)
+    if not run.is_running:  # recorded active: it runs, as far as this agent knows from now on
+        execution = info.model_copy(update={"start_time": start})
+        run.update(state=TaskState.RUNNING, state_transition_time=start, execution_info=execution)
     return Resume(outcome=outcome, adopt=True, detach=detach)
 
 

@@ -28,9 +28,27 @@ class TaskRun:
     job exists (thousands of such tasks are normal). ``task`` then parses it again, which only a repeated addTask,
     a terminateTask or recovery ask for; ``is_finished`` and ``is_running`` do not."""
 
-    __slots__ = ("_final", "_task", "job_id", "kill", "published", "recorded", "request_id", "requeue_code", "worker")
+    __slots__ = (
+        "_final",
+        "_task",
+        "boot_id",
+        "job_id",
+        "kill",
+        "published",
+        "recorded",
+        "request_id",
+        "requeue_code",
+        "worker",
+    )
 
-    def __init__(self, job_id: str, task: Task, request_id: str | None = None, published: bool = True) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        task: Task,
+        request_id: str | None = None,
+        published: bool = True,
+        boot_id: str | None = None,
+    ) -> None:
         self.job_id = job_id
         self._task: Task | None = task  # the last published state; replaced (models are frozen) on every change
         self._final: bytes | None = None  # instead of _task once compacted
@@ -40,6 +58,7 @@ class TaskRun:
         self.requeue_code: str | None = None  # set when the run is to be handed back instead of completed
         self.request_id = request_id  # the addTask that brought it
         self.published = published  # a completed task's result is in the durable outbox (recorded with the task)
+        self.boot_id = boot_id  # the boot in which it was accepted (recovery: agent/recovery.py _sort_unfinished)
 
     @property
     def task(self) -> Task:

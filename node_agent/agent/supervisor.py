@@ -22,7 +22,7 @@ from node_agent.agent.node_state import NodeStateReporter
 from node_agent.agent.processes import ProcessRegistry
 from node_agent.agent.publisher import Publisher
 from node_agent.agent.reboot import Rebooter, report_completed, settle
-from node_agent.agent.recovery import end_vanished_jobs, recover
+from node_agent.agent.recovery import apply_committed, end_vanished_jobs, recover
 from node_agent.agent.resources import ResourceStaging
 from node_agent.agent.scheduling import Scheduling
 from node_agent.agent.starttask import StartTaskRunner, configured_start_task
@@ -180,6 +180,9 @@ async def _serve(
                 scheduling.on_load_change()
 
         await _open_outbox(transport)
+        await apply_committed(store, transport.records_left())  # before anything reads the records
+        for key, _ in transport.records_left():
+            transport.record(key, None)  # once the record's own file is durable
         deadlines = DeadlineBook(store)
         await deadlines.load()
         processes = ProcessRegistry(store, str(layout.root))

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -33,6 +34,9 @@ class ProcessSpec:
     # Blocking work to do first (making ``cwd``, say), in the same thread call as the launch's own file work:
     # one hop off the loop per attempt instead of two. Adopting a running attempt skips it.
     prepare: Callable[[], object] | None = None
+    # What the agent needs to know again if it adopts this attempt after a restart (the task's start time, its
+    # retries so far): kept in the supervisor's spec.json (runner/supervised.py), unused without a supervisor.
+    task_info: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from node_agent.runner.outputs import identity_keywords, open_outputs
 from node_agent.runner.tree import kill_tree
 
 SPEC, SHIM, STARTED, STATUS = "spec.json", "shim.json", "started.json", "status.json"
+FENCED = {"fenced": True}  # in shim.json instead of a shim's claim: the recovery got there first, nothing may start
 MAX_WAIT_S = 86400.0
 
 
@@ -45,6 +46,24 @@ def write_consistent(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(json.dumps(document).encode())
     os.replace(tmp, path)
+
+
+def claim(path: Path, document: dict[str, Any]) -> bool:
+    """Create ``path`` with ``document``, whole, unless it exists: False if someone else created it first.
+
+    The shim claims its folder this way before it starts anything (``shim.json``), and a recovering agent fences
+    a folder nobody has claimed (``FENCED``): whichever comes first wins, so a shim forked just before its agent
+    died either is found (and adopted) or never starts its command (ADR 0011). A hard link is atomic and
+    refuses an existing name; the file is complete before it has its name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(json.dumps(document).encode())
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 class Supervisor:
@@ -96,8 +115,12 @@ class Supervisor:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.on_term)
         # Before the child exists: whoever finds this shim alive knows it owns (or will own) the task, so a new
-        # agent adopts it instead of killing a task that may already have done part of its work.
-        write_consistent(self.folder / SHIM, {"shimPid": os.getpid(), "shimCreateTime": psutil.Process().create_time()})
+        # agent adopts it instead of killing a task that may already have done part of its work. A folder a new
+        # agent fenced first is left alone: that agent counts the task as never started and may start it again.
+        me = {"shimPid": os.getpid(), "shimCreateTime": psutil.Process().create_time()}
+        if not claim(self.folder / SHIM, me):
+            print("the folder was fenced by a recovering agent: the task is not started", file=sys.stderr)
+            return
         child = self.launch()
         if child is None:
             return

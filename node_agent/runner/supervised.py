@@ -10,6 +10,7 @@ deadline in ``spec.json`` is absolute, so the limit keeps counting from the orig
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import os
 import shutil
@@ -23,11 +24,12 @@ from typing import Any
 import psutil
 import structlog
 
+from node_agent import faults
 from node_agent.errors import TaskFailure
 from node_agent.runner.forkclient import ForkServer
 from node_agent.runner.process import ExitResult, ProcessSpec, split_command_line
 from node_agent.runner.readiness import readable
-from node_agent.runner.shim import SHIM, SPEC, STARTED, STATUS, write_consistent
+from node_agent.runner.shim import FENCED, SHIM, SPEC, STARTED, STATUS, claim, write_consistent
 from node_agent.runner.tree import kill_tree
 
 log = structlog.get_logger(__name__)
@@ -80,6 +82,48 @@ def is_adoptable(folder: Path, boot_id: str) -> bool:
     return (folder / STATUS).exists() or shim_alive(folder) is not None
 
 
+class Found(enum.Enum):
+    """What a recovering agent makes of a supervisor folder (``examine``)."""
+
+    ADOPTABLE = "adoptable"  # started in this boot: its shim still runs, or it left a status
+    UNSTARTED = "unstarted"  # no shim ever claimed it, and now none ever will: its task never started
+    LOST = "lost"  # a shim claimed it and died without a status, or it belongs to another boot
+
+
+def examine(folder: Path, boot_id: str) -> Found:
+    """Classify a folder an earlier agent left; an unclaimed one is fenced first (blocking).
+
+    The agent writes spec.json, then asks its fork server for a shim, and the shim claims the folder
+    (shim.json) before it starts anything. An agent killed in between may leave a request the server has not
+    yet forked, or a shim that has not yet claimed: fencing the folder (``claim`` of shim.json, as the shim
+    does) settles the race, so "unstarted" is final (ADR 0011). Only what is not settled this way, a folder
+    of another boot, is called lost rather than unstarted."""
+    spec = _read(folder / SPEC)
+    if spec is not None and spec.get("bootId") != boot_id:
+        return Found.LOST  # its task may have started before the reboot, and cannot be running now
+    for _ in range(2):
+        if spec is not None and ((folder / STATUS).exists() or shim_alive(folder) is not None):
+            return Found.ADOPTABLE
+        shim = _read(folder / SHIM)
+        if shim == FENCED:
+            return Found.UNSTARTED
+        if shim is not None or (folder / SHIM).exists():
+            return Found.LOST  # claimed by a shim that is gone without a status
+        try:
+            if claim(folder / SHIM, FENCED):
+                return Found.UNSTARTED
+        except OSError:
+            return Found.LOST  # cannot be fenced (the folder is unwritable): not known to be unstarted
+        # a shim claimed it meanwhile: look again
+    return Found.LOST
+
+
+def task_info(folder: Path) -> dict[str, Any]:
+    """What the agent kept in spec.json about the task of this folder (ProcessSpec.task_info)."""
+    info = (_read(folder / SPEC) or {}).get("task")
+    return info if isinstance(info, dict) else {}
+
+
 def _prepare(folder: Path, spec: dict[str, Any], before: Callable[[], object] | None = None) -> int:
     if before is not None:
         before()  # the task's own preparation (ProcessSpec.prepare)
@@ -111,8 +155,10 @@ async def run_supervised(
         "uid": spec.uid,
         "gid": spec.gid,
         "umask": spec.umask,
+        "task": spec.task_info,
     }
     log_fd = await asyncio.to_thread(_prepare, supervision.folder, document, spec.prepare)
+    faults.reached("before-spawn")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         # Not the agent's child: the shim outlives an agent that stops leaving tasks to their supervisors.
@@ -134,6 +180,7 @@ async def run_supervised(
         raise
     finally:
         os.close(read_end)
+    faults.reached("task-spawned")
     if on_spawn is not None:
         await on_spawn(pid)
     return await watch(supervision.folder, pid, exited, kill, detach)

@@ -36,6 +36,11 @@ NODELAY = (
 )  # without it a QoS 1 round trip waits ~40 ms (bench/rtt.py)
 BACKOFF_FIRST_S = 0.1
 OUTBOX_RETRY_S = 1.0
+# Deletions (acknowledged messages, records written to their files) need no sync of their own: they ride with
+# the next batch of new messages, or are committed on their own this long after the first of them. A crash
+# before that sends a byte-identical copy again (ADR 0010); a commit per PUBACK kept the writer busy while a
+# task's result waited for it.
+LAZY_DELETE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +89,9 @@ class MqttTransport:
     _was_connected: bool = False
     _unsaved: list[Outgoing] = field(default_factory=list)
     _acked: list[int] = field(default_factory=list)
+    _records: list[tuple[str, bytes | None]] = field(default_factory=list)
     _dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    _lazy: asyncio.TimerHandle | None = None  # commits the deletions waiting alone (LAZY_DELETE_S)
     _published: int = 0
     _saved: int = 0
     _saved_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -97,6 +104,29 @@ class MqttTransport:
         self._unsaved.append(Outgoing(topic, payload, retain))
         self._published += 1
         self._dirty.set()
+
+    def record(self, key: str, data: bytes | None) -> None:
+        """Put (``None``: delete) a record in the durable outbox, in the same transaction as the messages
+        published since the last commit: called right after them, it is on disk exactly when they are."""
+        assert self.durable is not None, "records need the durable outbox"
+        self._records.append((key, data))
+        if data is None:
+            self._delete_soon()
+            return
+        self._published += 1
+        self._dirty.set()
+
+    def _delete_soon(self) -> None:
+        if self._lazy is None:
+            self._lazy = asyncio.get_running_loop().call_later(LAZY_DELETE_S, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy = None
+        self._dirty.set()
+
+    def records_left(self) -> list[tuple[str, bytes]]:
+        """The records a previous run put and did not delete (read by ``open_outbox``)."""
+        return list(self.durable.records_left) if self.durable is not None else []
 
     async def persisted(self) -> None:
         """Return once every message queued so far would survive a crash of this process."""
@@ -124,12 +154,14 @@ class MqttTransport:
             self._dirty.clear()
             added, self._unsaved = self._unsaved, []
             acked, self._acked = self._acked, []
-            if added or acked:
+            records, self._records = self._records, []
+            if added or acked or records:
                 try:
-                    seqs = await self.durable.apply([(m.topic, m.payload, m.retain) for m in added], acked)
+                    seqs = await self.durable.apply([(m.topic, m.payload, m.retain) for m in added], acked, records)
                 except sqlite3.Error as exc:  # a full disk, say: keep everything in memory and try again
                     log.error("outbox.write_failed", error=str(exc), waiting=len(added))
                     self._unsaved, self._acked = added + self._unsaved, acked + self._acked
+                    self._records = records + self._records
                     await _wait_or_stop(closing, OUTBOX_RETRY_S)
                     self._dirty.set()
                     if closing.is_set():
@@ -138,9 +170,9 @@ class MqttTransport:
                 for message, seq in zip(added, seqs, strict=True):
                     self._outbox.put_nowait(Outgoing(message.topic, message.payload, message.retain, seq))
                 async with self._saved_changed:
-                    self._saved += len(added)
+                    self._saved += len(added) + sum(1 for _, data in records if data is not None)
                     self._saved_changed.notify_all()
-            if closing.is_set() and not self._unsaved and not self._acked:
+            if closing.is_set() and not self._unsaved and not self._acked and not self._records:
                 return
 
     async def flush(self, timeout_s: float) -> bool:
@@ -270,7 +302,7 @@ class MqttTransport:
             if item.seq is not None:
                 self._acked.append(item.seq)
         if done:
-            self._dirty.set()
+            self._delete_soon()
 
 
 async def _first_event(*events: asyncio.Event) -> None:

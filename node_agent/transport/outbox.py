@@ -29,6 +29,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     retain INTEGER NOT NULL
 )
 """
+# A record committed with the messages that announce it (a completed task: ADR 0010), kept until the agent has
+# written it to its own file; the start-up applies what is left before it reads the records.
+RECORDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,7 @@ class OutboxStore:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite3.Connection | None = None
+        self.records_left: list[tuple[str, bytes]] = []  # what a previous run committed and did not forget
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
@@ -56,7 +65,9 @@ class OutboxStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # each commit fsyncs the WAL: power loss keeps what was acknowledged
         db.execute(SCHEMA)
+        db.execute(RECORDS_SCHEMA)
         self._db = db
+        self.records_left = [(key, bytes(data)) for key, data in db.execute("SELECT key, data FROM records")]
         rows = db.execute("SELECT seq, topic, payload, retain FROM outbox ORDER BY seq").fetchall()
         return [Stored(seq, topic, bytes(payload), bool(retain)) for seq, topic, payload, retain in rows]
 
@@ -64,7 +75,12 @@ class OutboxStore:
         """Open (creating it if needed) and return what a previous run left unsent, oldest first."""
         return await self._call(self._open)
 
-    def _apply(self, added: Sequence[tuple[str, bytes, bool]], acked: Sequence[int]) -> list[int]:
+    def _apply(
+        self,
+        added: Sequence[tuple[str, bytes, bool]],
+        acked: Sequence[int],
+        records: Sequence[tuple[str, bytes | None]] = (),
+    ) -> list[int]:
         assert self._db is not None
         db = self._db
         seqs = []
@@ -77,15 +93,26 @@ class OutboxStore:
                 assert cursor.lastrowid is not None
                 seqs.append(cursor.lastrowid)
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in acked])
+            for key, data in records:  # in call order: a record put, then forgotten, is gone
+                if data is None:
+                    db.execute("DELETE FROM records WHERE key = ?", (key,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO records (key, data) VALUES (?, ?)", (key, data))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return seqs
 
-    async def apply(self, added: Sequence[tuple[str, bytes, bool]], acked: Sequence[int]) -> list[int]:
-        """One transaction: append ``added`` (returns their sequence numbers, in order), forget ``acked``."""
-        return await self._call(self._apply, list(added), list(acked))
+    async def apply(
+        self,
+        added: Sequence[tuple[str, bytes, bool]],
+        acked: Sequence[int],
+        records: Sequence[tuple[str, bytes | None]] = (),
+    ) -> list[int]:
+        """One transaction: append ``added`` (returns their sequence numbers, in order), forget ``acked``, and
+        put or (``None``) delete ``records``."""
+        return await self._call(self._apply, list(added), list(acked), list(records))
 
     def _close(self) -> None:
         if self._db is not None:

@@ -10,7 +10,8 @@ from node_agent.client.pool import BatchClient
 from node_agent.testing.nodes import NodePool
 from node_agent.wire.specs import Job, TaskSpec
 from node_agent.wire.status import Event, TaskResult, TaskState
-from tests.faults.conftest import completions
+from tests.conftest import count_lines
+from tests.faults.conftest import completions, counted
 
 TIMEOUT_S = 30.0
 GATED = "/bin/sh -c 'read line < $AZ_BATCH_NODE_SHARED_DIR/{gate}; exit 7'"
@@ -48,15 +49,15 @@ async def test_result_published_while_partitioned_reaches_the_client_after_a_cra
     assert len(completions(events, "t1")) == 1
 
 
-async def test_result_recorded_but_not_yet_in_the_outbox_is_published_by_recovery(
+async def test_result_committed_before_its_record_file_is_written_is_published_once(
     pool: NodePool, client: BatchClient
 ) -> None:
     [node] = await pool(1)
     events: list[Event] = []
     client.on_event = events.append
     await client.create_job(Job(id="j1"))
-    await node.crash_at("task-recorded")
-    await client.add_task("j1", TaskSpec(id="t1", command_line="/bin/true"), node_id=node.node_id)
+    await node.crash_at("task-recorded")  # the result and its record in the outbox, the record file not written
+    await client.add_task("j1", TaskSpec(id="t1", command_line=counted("t1")), node_id=node.node_id)
     await node.crashed()
     await node.start()
 
@@ -65,3 +66,8 @@ async def test_result_recorded_but_not_yet_in_the_outbox_is_published_by_recover
     await client.wait_until(lambda: completions(events, "t1"), TIMEOUT_S)
     await client.sync()
     assert len(completions(events, "t1")) == 1
+    await node.stop()  # the record the restart applied stays: another start neither reruns nor republishes it
+    await node.start()
+    await client.sync()
+    assert len(completions(events, "t1")) == 1
+    assert await count_lines(client, node.node_id, "shared/t1") == 1

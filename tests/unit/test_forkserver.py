@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -14,7 +15,8 @@ import psutil
 import pytest
 
 from node_agent.runner.forkclient import ForkServer
-from node_agent.runner.shim import SPEC, STATUS, write_consistent
+from node_agent.runner.shim import FENCED, SHIM, SPEC, STARTED, STATUS, write_consistent
+from node_agent.runner.supervised import Found, examine
 from tests.processes import Fifo, has_exited
 
 TIMEOUT_S = 20.0
@@ -168,3 +170,36 @@ async def test_a_cancelled_caller_leaves_requests_and_replies_in_step(tmp_path: 
     pid, pidfd, read_end, _ = await spawn(server, second)
     assert await read_all(read_end) == b"started\n" and has_exited(pidfd)
     assert b'"exitCode": 7' in (second / STATUS).read_bytes()
+
+
+async def test_a_folder_fenced_before_its_shim_claims_it_never_starts_its_command(
+    tmp_path: Path, server: ForkServer
+) -> None:
+    """The window between the fork request and the shim's claim (shim.json), where the agent may die: the next
+    agent's scan fences the folder, and a shim forked after that exits without starting anything (ADR 0011)."""
+    marker = tmp_path / "ran"
+    folder = folder_for(tmp_path, "t1", ["/bin/sh", "-c", f"echo x > {marker}"])
+    spec = json.loads((folder / SPEC).read_bytes())
+    write_consistent(folder / SPEC, {**spec, "bootId": "boot-1"})
+    assert examine(folder, "boot-1") == Found.UNSTARTED
+    assert examine(folder, "boot-1") == Found.UNSTARTED, "fenced once, it stays unstarted"
+
+    pid, pidfd, read_end, _ = await spawn(server, folder)
+    assert await read_all(read_end) == b""  # never said started
+    assert has_exited(pidfd)
+    assert not marker.exists() and not (folder / STATUS).exists() and not (folder / STARTED).exists()
+    assert "fenced" in (folder / "shim.log").read_text()
+
+
+async def test_a_folder_its_shim_claimed_first_is_adopted_and_not_fenced(tmp_path: Path, server: ForkServer) -> None:
+    folder = folder_for(tmp_path, "t1", ["/bin/sh", "-c", "exit 2"])
+    spec = json.loads((folder / SPEC).read_bytes())
+    write_consistent(folder / SPEC, {**spec, "bootId": "boot-1"})
+    pid, pidfd, read_end, _ = await spawn(server, folder)
+    assert await read_all(read_end) == b"started\n"
+    assert has_exited(pidfd)
+    assert examine(folder, "boot-1") == Found.ADOPTABLE  # a status to read
+    assert examine(folder, "boot-2") == Found.LOST  # another boot's folder: it may have run
+    (folder / STATUS).unlink()
+    assert examine(folder, "boot-1") == Found.LOST, "claimed by a shim that is gone without a status"
+    assert json.loads((folder / SHIM).read_bytes()) != FENCED
