@@ -12,13 +12,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
+from node_agent.broker_security import OPEN, BrokerSecurity, client_certificate, secure_config
+from node_agent.errors import BrokerToolMissing, BrokerUnavailable
 from node_agent.lifeline import die_with_parent
+
+__all__ = [  # BrokerSecurity, secure_config and the errors live in their own modules; importable from here too
+    "HOST",
+    "KINDS",
+    "BrokerHandle",
+    "BrokerSecurity",
+    "BrokerToolMissing",
+    "BrokerUnavailable",
+    "LaunchSpec",
+    "OutputPump",
+    "broker_url",
+    "find_mosquitto",
+    "free_port",
+    "launch",
+    "running_broker",
+    "secure_config",
+    "stop_process",
+]
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 10.0
@@ -48,34 +68,6 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 """
 
 
-_OPEN = "allow_anonymous true\n"
-
-
-class BrokerUnavailable(RuntimeError):
-    """No broker of the requested kind could be started."""
-
-
-class BrokerToolMissing(BrokerUnavailable):
-    """A program the requested broker needs (mosquitto, mosquitto_passwd, openssl) is not installed."""
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerSecurity:
-    """What a secured mosquitto asks of its clients: passwords (and an ACL), TLS, or both.
-
-    ``users`` maps username to password (anonymous clients are then refused); ``acl`` is the text of a
-    mosquitto ACL file (without it every authenticated client may do everything); ``tls`` serves the listener
-    with a throw-away CA's certificate for 127.0.0.1 and localhost (``BrokerHandle.ca_file``).
-    """
-
-    users: Mapping[str, str] | None = None
-    acl: str | None = None
-    tls: bool = False
-    # With tls: every client must present a certificate the throw-away CA signed (BrokerHandle.client_certificate),
-    # and its common name becomes its username (for the ACL); no password is asked.
-    client_certificates: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class BrokerHandle:
     """A started broker: where to connect and which implementation it is.
@@ -99,7 +91,7 @@ class BrokerHandle:
         """A client certificate with common name ``name`` and its key, signed by this broker's throw-away CA."""
         if self.ca_file is None:
             raise ValueError("this broker has no TLS, so no CA to sign a client certificate")
-        return _client_certificate(self.ca_file.parent, name)
+        return client_certificate(self.ca_file.parent, name)
 
     def url_for(self, username: str, password: str) -> str:
         """This broker's URL with a login in it: ``mqtt[s]://user:password@127.0.0.1:port``."""
@@ -190,7 +182,7 @@ def _persistence(workdir: Path | None) -> str:
     return f"persistence true\npersistence_location {workdir}/"
 
 
-def _mosquitto_spec(workdir: Path, port: int, security: str = _OPEN, persistence: Path | None = None) -> LaunchSpec:
+def _mosquitto_spec(workdir: Path, port: int, security: str = OPEN, persistence: Path | None = None) -> LaunchSpec:
     binary = find_mosquitto()
     if binary is None:
         raise BrokerToolMissing(
@@ -221,93 +213,6 @@ def _amqtt_spec(workdir: Path, port: int) -> LaunchSpec:
         is_ready=lambda line: line.strip() == "ready",
         env=env,
     )
-
-
-def secure_config(workdir: Path, security: BrokerSecurity) -> tuple[str, Path | None]:
-    """Write the password, ACL and TLS files into ``workdir``; return the listener's config lines and the CA file."""
-    lines = [_OPEN]
-    if security.users is not None:
-        lines = ["allow_anonymous false\n", f"password_file {_password_file(workdir, security.users)}\n"]
-    if security.acl is not None:
-        acl = workdir / "acl"
-        acl.write_text(security.acl, encoding="utf-8")
-        lines.append(f"acl_file {acl}\n")
-    ca_file = None
-    if security.tls:
-        ca_file, cert, key = _certificates(workdir)
-        lines += [f"cafile {ca_file}\n", f"certfile {cert}\n", f"keyfile {key}\n"]
-        if security.client_certificates:
-            lines += ["require_certificate true\n", "use_identity_as_username true\n"]
-            if security.users is None:
-                lines = [line for line in lines if line != _OPEN] + ["allow_anonymous false\n"]
-    return "".join(lines), ca_file
-
-
-def _tool(name: str, purpose: str) -> str:
-    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if binary is None:
-        raise BrokerToolMissing(f"{name} is not installed (looked on PATH); it is needed for {purpose}")
-    return binary
-
-
-def _run_tool(argv: list[str], cwd: Path) -> None:
-    done = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BrokerUnavailable(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr.strip()}")
-
-
-def _password_file(workdir: Path, users: Mapping[str, str]) -> Path:
-    """A mosquitto password file made by ``mosquitto_passwd -b`` (hashed passwords), mode 0600."""
-    binary = _tool("mosquitto_passwd", "a broker with passwords (it ships with mosquitto)")
-    path = workdir / "passwd"
-    path.unlink(missing_ok=True)
-    path.touch(mode=0o600)
-    for username, password in users.items():
-        _run_tool([binary, "-b", str(path), username, password], workdir)
-    return path
-
-
-_SERVER_EXTENSIONS = """\
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
-"""
-
-
-def _certificates(workdir: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for 127.0.0.1 and localhost, made with the openssl CLI."""
-    openssl = _tool("openssl", "a broker with TLS")
-    tls = workdir / "tls"
-    tls.mkdir(exist_ok=True)
-    (tls / "server.ext").write_text(_SERVER_EXTENSIONS, encoding="utf-8")
-    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-    ca = f"req -x509 {ec} -keyout ca.key -out ca.crt -days 2"
-    _run_tool([openssl, *ca.split(), "-subj", "/CN=node-agent throw-away test CA"], tls)
-    _run_tool([openssl, *f"req {ec} -keyout server.key -out server.csr -subj /CN=localhost".split()], tls)
-    sign = "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2"
-    _run_tool([openssl, *sign.split(), "-extfile", "server.ext"], tls)
-    return tls / "ca.crt", tls / "server.crt", tls / "server.key"
-
-
-_CLIENT_EXTENSIONS = """\
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-"""
-
-
-def _client_certificate(tls: Path, name: str) -> tuple[Path, Path]:
-    """``<name>.crt`` and ``<name>.key`` in the CA's directory, signed by the throw-away CA (openssl CLI)."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
-        raise ValueError(f"client certificate name {name!r}: use 1-64 of [A-Za-z0-9_-]")
-    openssl = _tool("openssl", "a client certificate")
-    (tls / "client.ext").write_text(_CLIENT_EXTENSIONS, encoding="utf-8")
-    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-    _run_tool([openssl, *f"req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}".split()], tls)
-    sign = f"x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2"
-    _run_tool([openssl, *sign.split(), "-extfile", "client.ext"], tls)
-    return tls / f"{name}.crt", tls / f"{name}.key"
 
 
 def stop_process(proc: subprocess.Popen[str], pump: OutputPump) -> None:
@@ -343,7 +248,7 @@ def launch(spec: LaunchSpec) -> tuple[subprocess.Popen[str], OutputPump]:
 
 
 def _start(
-    kind: str, workdir: Path, fixed_port: int | None, security: str = _OPEN, persistence: Path | None = None
+    kind: str, workdir: Path, fixed_port: int | None, security: str = OPEN, persistence: Path | None = None
 ) -> tuple[subprocess.Popen[str], OutputPump, int]:
     """Start the broker on ``fixed_port`` or a free port and wait (bounded) for its readiness line."""
     for _ in range(1 if fixed_port else _START_ATTEMPTS):
@@ -402,7 +307,7 @@ def running_broker(
     """
     resolved = _resolve_kind(kind, security)
     workdir.mkdir(parents=True, exist_ok=True)
-    conf, ca_file = (_OPEN, None) if security is None else secure_config(workdir, security)
+    conf, ca_file = (OPEN, None) if security is None else secure_config(workdir, security)
     proc, pump, port = _start(resolved, workdir, port, conf, persistence)
     try:
         yield BrokerHandle(url=broker_url(port, tls=ca_file is not None), port=port, kind=resolved, ca_file=ca_file)

@@ -6,6 +6,9 @@ AgentError
 │   └── StagingFailed  a resource file could not be staged: never retried     (staging/stage.py)
 ├── ConfigError      bad settings -> one-line reason, exit 2                (cli.py)
 └── StoreCorrupt     unreadable durable state -> exit 3                     (cli.py)
+
+BrokerUnavailable    a throw-away broker for a demo or a test could not start  (brokers.py)
+└── BrokerToolMissing  a program it needs is not installed
 """
 
 from __future__ import annotations
@@ -44,3 +47,11 @@ class ConfigError(AgentError):
 
 class StoreCorrupt(AgentError):
     """A durable record that cannot be read back."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """No broker of the requested kind could be started."""
+
+
+class BrokerToolMissing(BrokerUnavailable):
+    """A program the requested broker needs (mosquitto, mosquitto_passwd, openssl) is not installed."""
