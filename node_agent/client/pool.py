@@ -8,7 +8,6 @@ import json
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -16,21 +15,19 @@ from typing import Any, Self, TypeVar
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from node_agent.client.connection import client_transport
 from node_agent.client.nodes import NodeOperations
 from node_agent.client.view import NoNodeAvailable, PoolView
-from node_agent.config import parse_broker_urls
-from node_agent.transport.mqtt import Ack, MqttTransport, SessionOptions
+from node_agent.transport.mqtt import Ack
 from node_agent.wire.base import utcnow
 from node_agent.wire.commands import GET_FILE_MAX_LENGTH, Reply
 from node_agent.wire.specs import Job, JobState, TaskSpec
 from node_agent.wire.status import (
     Event,
-    FailureInfo,
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
     NodeStateName,
     Task,
-    TaskResult,
     TaskState,
 )
 from node_agent.wire.topics import Topics
@@ -92,31 +89,16 @@ class BatchClient:
         self._placing: Counter[str] = Counter()  # node id -> addTasks sent, not answered yet
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
-        prefix = self.topics.prefix
-        self._transport = MqttTransport(
-            brokers=[
-                address
-                if address.username is not None or username is None
-                else replace(address, username=username, password=password)
-                for address in parse_broker_urls(broker_url)
-            ],
-            options=SessionOptions(
-                identifier=f"node-agent-client-{self.client_id}",
-                persistent=False,
-                tls_ca_file=Path(tls_ca_file) if tls_ca_file is not None else None,
-                tls_cert_file=Path(tls_cert_file) if tls_cert_file is not None else None,
-                tls_key_file=Path(tls_key_file) if tls_key_file is not None else None,
-            ),
-            on_message=self._on_message,
-            subscriptions=(
-                self.topics.replies(self.client_id),
-                f"{prefix}/nodes/+/state",
-                f"{prefix}/nodes/+/events",
-                f"{prefix}/jobs/+",
-                f"{prefix}/jobs/+/tasks/+",
-                f"{prefix}/jobs/+/nodes/+",
-                f"{prefix}/pools/+",
-            ),
+        self._transport = client_transport(
+            broker_url,
+            self.topics,
+            self.client_id,
+            self._on_message,
+            tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            username=username,
+            password=password,
         )
         self._runner: asyncio.Task[None] | None = None
 
@@ -263,29 +245,14 @@ class BatchClient:
                 }
             )
         )
-        self._end_unowned_tasks(job_id)
+        for ended in self.view.end_unowned(job_id):  # no agent holds these to end them
+            self._transport.publish(self.topics.task(job_id, ended.id), ended.to_json(), retain=True)
         await self.wait_until(lambda: self.view.released(self._job(job_id)), timeout_s)
         completed = self._job(job_id).model_copy(
             update={"state": JobState.COMPLETED, "state_transition_time": utcnow()}
         )
         await self._publish_job(completed)
         return completed
-
-    def _end_unowned_tasks(self, job_id: str) -> None:
-        """Tasks handed back and placed nowhere have no agent to end them: the driver completes them with
-        TaskEnded, as Azure Batch completes a terminated job's active tasks."""
-        failure = FailureInfo(category="usererror", code="TaskEnded", message="the job was terminated")
-        for task in self.list_tasks(job_id):
-            if task.node_info is not None or task.state == TaskState.COMPLETED:
-                continue
-            info = task.execution_info.model_copy(
-                update={"end_time": utcnow(), "result": TaskResult.FAILURE, "failure_info": failure}
-            )
-            ended = task.model_copy(
-                update={"state": TaskState.COMPLETED, "state_transition_time": utcnow(), "execution_info": info}
-            )
-            self.view.set_task((job_id, task.id), ended)
-            self._transport.publish(self.topics.task(job_id, task.id), ended.to_json(), retain=True)
 
     async def delete_job(self, job_id: str, *, timeout_s: float = 120) -> None:
         """Set the job deleting; once every node cleaned up, remove its retained document."""

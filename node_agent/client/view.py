@@ -10,13 +10,16 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from node_agent.ids import is_valid_id
+from node_agent.wire.base import utcnow
 from node_agent.wire.specs import Job, Pool
 from node_agent.wire.status import (
+    FailureInfo,
     JobPreparationAndReleaseTaskExecutionInformation,
     NodeState,
     NodeStateName,
     SubtaskState,
     Task,
+    TaskResult,
     TaskState,
 )
 
@@ -113,6 +116,23 @@ class PoolView:
             for info in self.prep_release_status(job.id)
             if info.job_preparation_task_execution_info is not None
         )
+
+    def end_unowned(self, job_id: str) -> list[Task]:
+        """Complete with TaskEnded the job's tasks that no node holds (handed back, placed nowhere), as Azure
+        Batch completes a terminated job's active tasks; return them, for the driver to publish."""
+        failure = FailureInfo(category="usererror", code="TaskEnded", message="the job was terminated")
+        ended = []
+        for task in self.tasks_of(job_id):
+            if task.node_info is not None or task.state == TaskState.COMPLETED:
+                continue
+            now = utcnow()
+            info = task.execution_info.model_copy(
+                update={"end_time": now, "result": TaskResult.FAILURE, "failure_info": failure}
+            )
+            update = {"state": TaskState.COMPLETED, "state_transition_time": now, "execution_info": info}
+            ended.append(task.model_copy(update=update))
+            self.set_task((job_id, task.id), ended[-1])
+        return ended
 
     def cleaned_up(self, job_id: str) -> bool:
         """Every node that ran anything of the job has cleared its status and its tasks' states."""
