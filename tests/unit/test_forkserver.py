@@ -203,3 +203,36 @@ async def test_a_folder_its_shim_claimed_first_is_adopted_and_not_fenced(tmp_pat
     (folder / STATUS).unlink()
     assert examine(folder, "boot-1") == Found.LOST, "claimed by a shim that is gone without a status"
     assert json.loads((folder / SHIM).read_bytes()) != FENCED
+
+
+async def spare_of(server: ForkServer) -> psutil.Process:
+    """The server's one spare shim, once forked (checked until TIMEOUT_S: nothing signals a fork to others)."""
+    assert server.process is not None
+    parent = psutil.Process(server.process.pid)
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = [child for child in parent.children() if child.name() == "node-shim-spare"]
+        if found:
+            assert len(found) == 1, "one spare at a time"
+            return found[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server forked no spare shim")
+
+
+async def test_a_spare_shim_waits_for_the_next_request_and_ends_with_the_server(
+    tmp_path: Path, server: ForkServer
+) -> None:
+    await server.start()
+    spare = await spare_of(server)
+    assert os.getsid(spare.pid) == spare.pid
+    assert spare.num_fds() == 4, "stdin, stdout, stderr and its channel: nothing else of the server's"
+    spare.kill()  # a spare that died waiting is replaced when the next request comes
+    spare.wait(TIMEOUT_S)
+    pid, pidfd, read_end, _ = await spawn(server, folder_for(tmp_path, "t1", ["/bin/sh", "-c", "exit 3"]))
+    assert await read_all(read_end) == b"started\n" and has_exited(pidfd)
+    assert b'"exitCode": 3' in (tmp_path / "supervised" / "t1" / STATUS).read_bytes()
+
+    waiting = await spare_of(server)
+    assert waiting.pid not in (spare.pid, pid)
+    await server.close()
+    waiting.wait(TIMEOUT_S)  # end-of-file on its channel: it exits with the server
