@@ -62,7 +62,8 @@ async def main(args: argparse.Namespace) -> None:
     for number, (_, _, _, deleted) in enumerate(after_round[1:], 2):
         growth = deleted - base
         print(
-            f"  growth round 1 -> {number} (deleted): {growth / MB:+.2f} MB, {growth / args.count:+.0f} bytes per task"
+            f"  growth round {number - 1} -> {number} (deleted): {growth / MB:+.2f} MB, "
+            f"{growth / args.count:+.0f} bytes per task"
         )
         base = deleted
 
