@@ -132,6 +132,22 @@ def syscalls_per_task(summary: Path, count: int) -> list[tuple[str, float]]:
     return rows
 
 
+def thread_times(proc: psutil.Process) -> dict[int, tuple[float, float]]:
+    """Each thread's (user, system) CPU seconds, by thread id."""
+    return {thread.id: (thread.user_time, thread.system_time) for thread in proc.threads()}
+
+
+def cpu_split(pid: int, before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]) -> str:
+    """User and system CPU of the event loop's thread and of all other threads, between two ``thread_times``."""
+    spent = {"loop": [0.0, 0.0], "threads": [0.0, 0.0]}
+    for tid, (user, system) in after.items():
+        was = before.get(tid, (0.0, 0.0))
+        side = spent["loop" if tid == pid else "threads"]
+        side[0] += user - was[0]
+        side[1] += system - was[1]
+    return "; ".join(f"{name} user {u:.2f} s, system {s:.2f} s" for name, (u, s) in spent.items())
+
+
 def top_functions(stacks: Path, count: int) -> list[tuple[str, float]]:
     """The functions with the most own samples (the last frame of each stack), as shares of all samples."""
     own: collections.Counter[str] = collections.Counter()
@@ -163,9 +179,11 @@ async def main(args: argparse.Namespace) -> None:
         tracer = await start_strace(pid, args.syscalls) if args.syscalls is not None else None
         agent_proc, bench_proc = psutil.Process(pid), psutil.Process()
         cpu_before = sum(agent_proc.cpu_times()[:2]), sum(bench_proc.cpu_times()[:2])
+        threads_before = thread_times(agent_proc)
         agent, failed = await agent_run(pool.client, command, args.count, args.window, "run")
         agent_cpu = sum(agent_proc.cpu_times()[:2]) - cpu_before[0]
         bench_cpu = sum(bench_proc.cpu_times()[:2]) - cpu_before[1]
+        split = cpu_split(pid, threads_before, thread_times(agent_proc))
         for watcher in (profiler, tracer):
             if watcher is not None:
                 watcher.send_signal(2)  # SIGINT: py-spy and strace write their output and exit
@@ -178,6 +196,7 @@ async def main(args: argparse.Namespace) -> None:
         f"  CPU per task: bare loop {BARE_CPU_MS[1]:.2f} ms; agent {agent_cpu / args.count * 1000:.2f} ms, client "
         f"{bench_cpu / args.count * 1000:.2f} ms"
     )
+    print(f"  agent CPU by thread: {split}")
     print(f"  ratio agent / bare      : {agent / bare:8.2f}  (goal >= 0.50)")
     if args.profile is not None and args.profile.exists():
         print(f"  agent profile ({args.profile}), own time:")

@@ -187,10 +187,9 @@ class Dispatcher:
             case AddTask(job_id=job_id, task=task):
                 added = await self.manager.add_task(job_id, task, request_id)
                 faults.reached("after-store")
-                return added.model_dump(mode="json", by_alias=True, exclude_none=True)
+                return added  # the reply reuses the JSON its state was published with (Publisher.reply)
             case TerminateTask(job_id=job_id, task_id=task_id):
-                ended = await self.manager.terminate_task(job_id, task_id)
-                return ended.model_dump(mode="json", by_alias=True, exclude_none=True)
+                return await self.manager.terminate_task(job_id, task_id)
             case ListFiles(path=path, recursive=recursive):
                 return await files.list_files(self.root, path, recursive)
             case GetFile(path=path, offset=offset, length=length):

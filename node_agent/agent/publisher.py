@@ -109,6 +109,11 @@ class Publisher:
         self._event("commandRejected", code=code, message=message, request_id=request_id)
 
     def reply(self, reply_to: str, request_id: str, result: object = None) -> None:
+        """A command's result; a Task is spliced in as the bytes it was published with, not serialised again."""
+        if isinstance(result, Task):
+            head = Reply(request_id=request_id, ok=True).to_json()  # result is the last field set
+            self._transport.publish(reply_to, head[:-1] + b',"result":' + self.task_json(result) + b"}")
+            return
         reply = Reply(request_id=request_id, ok=True, result=result)
         self._transport.publish(reply_to, reply.to_json())
 

@@ -19,7 +19,7 @@ def prepare_task_dir(task_dir: Path, uid: int | None, gid: int | None) -> Path:
     fails the attempt instead of being used.
     """
     working_dir = task_dir / "wd"
-    task_dir.mkdir(parents=True, exist_ok=True)
+    is_new = _make_dir(task_dir)
     try:
         working_dir.mkdir(exist_ok=True)
     except FileExistsError:
@@ -27,10 +27,24 @@ def prepare_task_dir(task_dir: Path, uid: int | None, gid: int | None) -> Path:
     if not stat.S_ISDIR(os.lstat(working_dir).st_mode) or not stat.S_ISDIR(os.lstat(task_dir).st_mode):
         raise TaskFailure("CommandLaunchFailed", f"{working_dir} is not a directory (a link left by a task?)")
     if uid is not None and gid is not None:
-        _chown_tree(task_dir, uid, gid)
+        if is_new:  # made just now by this call: the two folders are the whole tree, nothing to walk
+            for folder in (task_dir, working_dir):
+                os.chown(folder, uid, gid, follow_symlinks=False)
+        else:
+            _chown_tree(task_dir, uid, gid)
         for folder in (task_dir, working_dir):
             os.chmod(folder, 0o750, follow_symlinks=False)  # other task users cannot even list it
     return working_dir
+
+
+def _make_dir(folder: Path) -> bool:
+    """Make ``folder`` and its missing parents; True if this call made it, so nothing but what the agent puts
+    there can be in it yet (it belongs to the agent, not writable by a task user)."""
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _chown_tree(top: Path, uid: int, gid: int) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from node_agent.errors import TaskFailure
 from node_agent.identity.names import is_valid_user_name, pool_user_name, task_comment, task_user_name
+from node_agent.identity.ownership import prepare_task_dir
 from node_agent.identity.users import RunAs, TaskUsers, UserKind, UserMode, UserRequest
 
 LONGEST = "A" * 64
@@ -40,3 +44,21 @@ async def test_development_mode_runs_the_default_and_its_own_name_as_the_agent_u
     assert await users.resolve(UserRequest(), "j", "t") == RunAs(users.agent_user, None, None, None)
     assert await users.resolve(own, "j", "t") == RunAs(users.agent_user, None, None, None)
     assert await users.remove_task_users("j") == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_task_dir_is_given_to_its_user_whether_new_or_left_by_an_earlier_attempt(tmp_path: Path) -> None:
+    task_dir = tmp_path / "workitems" / "j" / "job-1" / "t1"
+    working_dir = prepare_task_dir(task_dir, 65534, 65534)  # new: the two folders are the whole tree
+    assert [(os.lstat(path).st_uid, os.lstat(path).st_mode & 0o777) for path in (task_dir, working_dir)] == [
+        (65534, 0o750),
+        (65534, 0o750),
+    ]
+    for path in (task_dir, working_dir):
+        os.chown(path, 0, 0)
+    (working_dir / "left.txt").write_text("an earlier attempt's file")
+    (working_dir / "link").symlink_to(tmp_path)
+    prepare_task_dir(task_dir, 65534, 65534)  # existing: the whole tree, links not followed
+    owners = {path.name: os.lstat(path).st_uid for path in (task_dir, working_dir, *working_dir.iterdir())}
+    assert owners == {"t1": 65534, "wd": 65534, "left.txt": 65534, "link": 65534}
+    assert os.lstat(tmp_path).st_uid == 0

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from node_agent.agent.publisher import Publisher
 from node_agent.transport.mqtt import MqttTransport
+from node_agent.wire.commands import Reply
 from node_agent.wire.specs import TaskSpec
 from node_agent.wire.status import (
     Event,
@@ -70,3 +71,14 @@ def test_task_json_is_reused_for_one_model_only() -> None:
     assert publisher.task_json(second) == second.to_json()
     document: dict[str, Any] = json.loads(publisher.task_json(first))
     assert document == first.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def test_reply_with_a_task_is_the_bytes_of_the_reply_model() -> None:
+    sent = _Sent()
+    publisher = Publisher(cast(MqttTransport, sent), Topics("P"), "n1", "p1")
+    for task in _tasks():
+        sent.messages.clear()
+        publisher.reply("P/clients/c1/replies", "r\u00e9q-1", task)
+        result = task.model_dump(mode="json", by_alias=True, exclude_none=True)  # what the reply carried before
+        expected = Reply(request_id="r\u00e9q-1", ok=True, result=result).to_json()
+        assert sent.messages == [("P/clients/c1/replies", expected)]
