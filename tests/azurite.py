@@ -1,4 +1,4 @@
-"""The Azure Storage emulator Azurite (blob service only), started on a free loopback port for a test.
+"""The Azure Storage emulator Azurite (blob service only), started on a free loopback port for a test or a module.
 
 ``scripts/test.sh`` installs it with npm into ``.cache/azurite`` (git-ignored) when npm exists. Tests that need it
 are skipped, with the reason, when neither that copy nor an ``azurite-blob`` on PATH is found.
@@ -6,11 +6,12 @@ are skipped, with the reason, when neither that copy nor an ``azurite-blob`` on 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,13 +97,11 @@ class Azurite:
             assert response.status == 201, await response.text()
 
 
-@asynccontextmanager
-async def running_azurite(location: Path) -> AsyncIterator[Azurite]:
+def _argv(location: Path, port: int) -> list[str]:
     program = find_azurite()
     if program is None:
         pytest.skip("Azurite is not installed: scripts/test.sh installs it with npm when Node.js is present")
-    port = _free_port()
-    process = await asyncio.create_subprocess_exec(
+    return [
         program,
         "--blobHost",
         "127.0.0.1",
@@ -114,17 +113,36 @@ async def running_azurite(location: Path) -> AsyncIterator[Azurite]:
         "--loose",
         "--silent",
         "--disableTelemetry",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    ]
+
+
+@contextmanager
+def azurite_server(location: Path) -> Iterator[Azurite]:
+    """Azurite for a whole module, from synchronous code (a module-scoped fixture): its tests share it, each on
+    containers it only reads or names uniquely. Starting Node.js and Azurite takes one to several seconds."""
+    port = _free_port()
+    process = subprocess.Popen(_argv(location, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    stdout = process.stdout
+    ready = threading.Event()
+    output: list[bytes] = []
+
+    def pump() -> None:  # reads Azurite's output to its end, so that the pipe never fills up
+        for line in stdout:
+            output.append(line)
+            if b"successfully listens" in line:
+                ready.set()
+        ready.set()  # at its exit too: the wait below then finds it gone
+
+    reader = threading.Thread(target=pump, name="azurite-output", daemon=True)
+    reader.start()
     try:
-        assert process.stdout is not None
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            while b"successfully listens" not in (line := await process.stdout.readline()):
-                if not line:
-                    raise RuntimeError(f"azurite-blob exited with status {await process.wait()}")
+        if not ready.wait(READY_TIMEOUT_S) or process.poll() is not None:
+            raise RuntimeError(f"azurite-blob not ready (exit status {process.poll()}): {b''.join(output)!r}")
         yield Azurite(port)
     finally:
-        if process.returncode is None:
+        if process.poll() is None:
             process.terminate()
-            await process.wait()
+        process.wait()
+        reader.join()
+        stdout.close()

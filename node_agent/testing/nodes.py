@@ -319,13 +319,22 @@ async def _start_proxies(ports: Sequence[int]) -> list[BrokerProxy]:
 
 
 def _of_root(root: Path) -> list[psutil.Process]:
-    """Task processes (and their supervisors) of this node root, wherever a crashed agent left them."""
+    """Task processes (and their supervisors) of this node root, wherever a crashed agent left them.
+
+    A look at each process's raw environment first: parsing every process's environment through psutil took
+    about 60 ms per node at each teardown; psutil then confirms the few that name the root.
+    """
+    marker = f"AZ_BATCH_NODE_ROOT_DIR={root}\0".encode()
     found = []
-    for proc in psutil.process_iter():
+    for pid in psutil.pids():
         try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if marker not in environ.read():
+                    continue
+            proc = psutil.Process(pid)
             if proc.environ().get("AZ_BATCH_NODE_ROOT_DIR") == str(root):
                 found.append(proc)
-        except psutil.Error:
+        except (OSError, psutil.Error):
             continue
     return found
 

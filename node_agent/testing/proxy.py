@@ -113,6 +113,7 @@ class BrokerProxy:
         handler = asyncio.current_task()
         assert handler is not None
         self._handlers.add(handler)
+        _no_delay(agent_writer)
         link: _Link | None = None
         try:
             try:
@@ -120,6 +121,7 @@ class BrokerProxy:
             except OSError:  # broker down: the agent sees its connection dropped, as it would without the proxy
                 agent_writer.transport.abort()
                 return
+            _no_delay(broker_writer)
             link = _Link(agent_writer, broker_writer)
             if self.is_partitioned:  # cut off while the broker connection was being made
                 link.abort()
@@ -150,6 +152,15 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link
         link.abort()
     else:
         link.close()
+
+
+def _no_delay(writer: asyncio.StreamWriter) -> None:
+    """TCP_NODELAY, as the agent and the broker set it on their own sockets. asyncio sets it only on sockets whose
+    protocol is IPPROTO_TCP, which those accepted from our listener (made with protocol 0) are not: Nagle's
+    algorithm then held each small MQTT packet back for the peer's delayed ACK, about 40 ms per round trip."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _reusable_socket() -> socket.socket:

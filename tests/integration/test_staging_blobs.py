@@ -3,7 +3,10 @@ Azure's failure codes, hostile blob names, and one container staged through the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import concurrent.futures
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +17,19 @@ from node_agent.staging.http import HttpOptions
 from node_agent.staging.stage import Source, Stager, StagingOptions
 from node_agent.wire.specs import Job, ResourceFile, TaskSpec
 from node_agent.wire.status import TaskResult
-from tests.azurite import Azurite, running_azurite
+from tests.azurite import Azurite, azurite_server
 
 FAST = HttpOptions(connect_timeout_s=5, read_timeout_s=5, retries=1, retry_delay_s=0.01)
 BLOBS = {"in/a.txt": b"alpha\n", "in/sub/b.txt": b"bravo\n", "other/c.txt": b"charlie\n"}
 
 
-@pytest.fixture
-async def azurite(tmp_path: Path) -> AsyncIterator[Azurite]:
-    async with running_azurite(tmp_path / "azurite") as emulator:
-        await emulator.create_container("data", BLOBS)
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite for the module: every test only reads the ``data`` container; a test that writes blobs makes a
+    container of its own."""
+    with azurite_server(tmp_path_factory.mktemp("azurite")) as emulator:
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:  # a loop of its own, whatever runs here
+            executor.submit(asyncio.run, emulator.create_container("data", BLOBS)).result()
         yield emulator
 
 
@@ -97,9 +103,10 @@ async def test_container_failures_have_azure_codes(azurite: Azurite, tmp_path: P
 async def test_hostile_blob_names_are_refused_before_anything_is_written(
     azurite: Azurite, tmp_path: Path, hostile: str
 ) -> None:
-    await azurite.create_container("hostile", {"fine.txt": b"ok\n"})
-    await azurite.put_raw_blob("hostile", hostile, b"evil\n")
-    source = Source(storage_container_url=azurite.container_sas_url("hostile"))
+    container = f"hostile-{uuid.uuid4().hex[:8]}"  # each case on a container of its own: the server is shared
+    await azurite.create_container(container, {"fine.txt": b"ok\n"})
+    await azurite.put_raw_blob(container, hostile, b"evil\n")
+    source = Source(storage_container_url=azurite.container_sas_url(container))
     async with Stager(options(tmp_path)) as stager:
         with pytest.raises(StagingFailed) as caught:
             await stager.stage([source], wd(tmp_path / "wd"))
