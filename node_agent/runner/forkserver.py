@@ -24,7 +24,6 @@ its agent. Single-threaded, so ``os.fork`` is safe.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
@@ -150,11 +149,6 @@ def _become_shim(channel: socket.socket) -> NoReturn:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _name(SPARE_NAME)
-        # While it waits: a collection writes to every object the collector tracks, so most pages the fork
-        # shares with the server are copied now rather than on the task's way (page faults between the
-        # request and "started", measured: 345 -> 135 for a task of the agent's user, 624 -> 479 for a task
-        # user, whose Popen forks).
-        gc.collect()
         message, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 2, socket.MSG_CMSG_CLOEXEC)
         channel.close()
         if len(fds) != 2:  # end-of-file: the server is gone, and nothing was asked of this spare
