@@ -22,6 +22,7 @@ TINY = {
     "throughput.py": (["--count", "20", "--slots", "2", *LIMIT], "ratio agent / bare"),
     "footprint.py": (["--idle", "1", "--count", "20", "--rounds", "2", *LIMIT], "growth round 1 -> 2"),
     "store.py": (["--count", "20", "--rounds", "1", *LIMIT], "ratio RecordStore / one put per thread"),
+    "supervisor_start.py": (["--count", "5"], "ratio whole / bare"),
     "scale.py": (
         ["--agents", "2", "--tasks", "20", "--job-agents", "2", "--jobs", "3", "--job-tasks", "3", *LIMIT],
         "per-job overhead",
