@@ -36,7 +36,6 @@ from typing import NoReturn
 from node_agent.runner.shim import Supervisor
 
 MAX_MESSAGE = 4096
-MAX_FD = os.sysconf("SC_OPEN_MAX")
 SHIM_NAME = b"node-agent-shim"  # the forked shim's process name (comm; at most 15 bytes)
 SPARE_NAME = b"node-shim-spare"  # a shim forked ahead of its request, still waiting for it
 
@@ -140,9 +139,7 @@ def _become_shim(channel: socket.socket) -> NoReturn:
     that task's agent from seeing the launch fail."""
     code = 1
     try:
-        keep = channel.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, MAX_FD)
+        _close_all_but(channel.fileno())
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the shim waits for its task
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
@@ -182,6 +179,12 @@ def _name(name: bytes) -> None:
             comm.write(name)
     except OSError:
         pass
+
+
+def _close_all_but(keep: int) -> None:
+    """Close every fd above stderr but ``keep``, as listed in /proc/self/fd (as subprocess does: a loop up to the
+    fd limit could be a billion calls where the limit is high and close_range(2) is missing)."""
+    _close([fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2 and fd != keep])
 
 
 def _close(fds: list[int]) -> None:
