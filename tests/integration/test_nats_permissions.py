@@ -61,7 +61,10 @@ async def test_node1_runs_its_tasks_but_cannot_read_node2s_commands(cluster: Nat
         assert NODE1.password not in node.log_file.read_text()
 
     login = {"username": NODE1.name, "password": NODE1.password}
-    async with aiomqtt.Client(HOST, ports[1], identifier=f"spy-{uuid.uuid4().hex}", **login) as spy:
+    # A NATS node answers a new session's CONNECT once JetStream has made its session stream: seconds when the
+    # cluster is busy (once over aiomqtt's default 10 s in CI), so the spy waits longer.
+    spy_client = aiomqtt.Client(HOST, ports[1], identifier=f"spy-{uuid.uuid4().hex}", timeout=60, **login)
+    async with spy_client as spy:
         assert is_refused(await spy.subscribe(f"{PREFIX}/nodes/node2/commands", qos=1))
         assert is_refused(await spy.subscribe("$MQTT/sub/#", qos=1))  # nor other users' consumer inboxes
         assert not is_refused(await spy.subscribe(f"{PREFIX}/nodes/node1/commands", qos=1))
