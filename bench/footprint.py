@@ -30,6 +30,17 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+async def settled_rss(proc: psutil.Process, quiet_s: float = 1.0, limit_s: float = 10.0) -> int:
+    """The RSS once it has held still for ``quiet_s``: the agent finishes a deletion (and gives memory back,
+    agent/memory.py) after the client has seen the job's statuses cleared."""
+    rss, since, end = proc.memory_info().rss, time.monotonic(), time.monotonic() + limit_s
+    while time.monotonic() < end and time.monotonic() - since < quiet_s:
+        await asyncio.sleep(0.1)  # sampling a figure that has no event of its own
+        if (now := proc.memory_info().rss) != rss:
+            rss, since = now, time.monotonic()
+    return rss
+
+
 async def main(args: argparse.Namespace) -> None:
     extra = {"NODE_AGENT_HEARTBEAT_INTERVAL": args.heartbeat, "NODE_AGENT_JOB_WAIT": "PT60S"}
     async with local_pool(1, task_slots=args.slots, extra=extra) as pool:
@@ -48,7 +59,7 @@ async def main(args: argparse.Namespace) -> None:
             rate, failed = await agent_run(pool.client, "/bin/true", args.count, args.window, job_id)
             rss_full = agent.memory_info().rss
             await pool.client.delete_job(job_id, timeout_s=600)
-            after_round.append((rate, failed, rss_full, agent.memory_info().rss))
+            after_round.append((rate, failed, rss_full, await settled_rss(agent)))
     print(f"footprint of one agent; {machine()}")
     print(f"  idle {args.idle:g} s, heartbeat {args.heartbeat}: RSS {rss_idle / MB:.1f} MB", end="")
     print(f" (at its start {rss_idle_start / MB:.1f} MB), USS {uss_idle / MB:.1f} MB")

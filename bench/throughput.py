@@ -8,7 +8,9 @@ node with ``--slots`` task slots; its figure is from the first addTask to the la
 The goal is an agent figure of at least half the bare one.
 
 ``--syscalls FILE`` counts the agent's fsync, rename, unlink, mkdir and process-creating calls with
-``strace -f -c`` (slows the run: use it for the counts, not the rate). ``--profile FILE`` records the agent
+``strace -f -c`` (slows the run: use it for the counts, not the rate). ``--loop-syscalls FILE`` counts every
+system call of the event loop's thread alone (``strace -c`` without ``-f``) and names the file system calls among
+them, which belong in worker threads (none is expected). ``--profile FILE`` records the agent
 with py-spy (``pip install py-spy``) during its run and writes collapsed stacks to FILE; ``--top N`` prints
 the functions with the most own samples.
 """
@@ -111,25 +113,43 @@ BARE_CPU_MS: list[float] = []
 STRACED = "fsync,fdatasync,rename,unlink,mkdir,clone,clone3,vfork"
 
 
-async def start_strace(pid: int, out: Path) -> asyncio.subprocess.Process:
+# System calls that touch the file system (names, inodes or file data): on the event loop's thread they block it.
+FILE_CALLS = {
+    "open", "openat", "creat", "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
+    "readlink", "readlinkat", "getdents64", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename",
+    "renameat", "renameat2", "link", "linkat", "chown", "fchown", "fchownat", "chmod", "fchmod", "truncate",
+    "ftruncate", "fsync", "fdatasync", "sync_file_range",
+}  # fmt: skip
+
+
+async def start_strace(pid: int, out: Path, *, loop_thread: bool = False) -> asyncio.subprocess.Process:
+    """``strace -c`` of the agent: of all its threads, the calls in STRACED; or of its event loop's thread alone
+    (the thread whose id is the pid), every call."""
     strace = shutil.which("strace")
     if strace is None:
-        raise SystemExit("--syscalls needs strace on PATH (apt-get install strace)")
+        raise SystemExit("--syscalls and --loop-syscalls need strace on PATH (apt-get install strace)")
+    which = [] if loop_thread else ["-f", "-e", f"trace={STRACED}"]
     return await asyncio.create_subprocess_exec(
-        strace, "-f", "-c", "-e", f"trace={STRACED}", "-p", str(pid), "-o", str(out),
+        strace, "-c", *which, "-p", str(pid), "-o", str(out),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 
 
-def syscalls_per_task(summary: Path, count: int) -> list[tuple[str, float]]:
-    """strace -c's table as (syscall, calls per task)."""
+def syscalls_per_task(summary: Path, count: int, names: set[str] | None = None) -> list[tuple[str, float]]:
+    """strace -c's table as (syscall, calls per task), most calls first: those in ``names`` (default STRACED)."""
+    names = set(STRACED.split(",")) if names is None else names
     rows = []
     for raw in summary.read_text().splitlines():
         fields = raw.split()
-        if len(fields) >= 5 and fields[-1] in STRACED.split(","):
+        if len(fields) >= 5 and fields[-1] in names and fields[3].isdigit():
             rows.append((fields[-1], int(fields[3]) / count))
-    return rows
+    return sorted(rows, key=lambda row: -row[1])
+
+
+def all_syscalls(summary: Path) -> set[str]:
+    """Every system call named in strace -c's table."""
+    return {fields[-1] for fields in map(str.split, summary.read_text().splitlines()) if len(fields) >= 5}
 
 
 def thread_times(proc: psutil.Process) -> dict[int, tuple[float, float]]:
@@ -177,6 +197,9 @@ async def main(args: argparse.Namespace) -> None:
         pid = pool.agents[0].process.pid
         profiler = await start_profiler(pid, args.profile) if args.profile is not None else None
         tracer = await start_strace(pid, args.syscalls) if args.syscalls is not None else None
+        loop_tracer = None
+        if args.loop_syscalls is not None:
+            loop_tracer = await start_strace(pid, args.loop_syscalls, loop_thread=True)
         agent_proc, bench_proc = psutil.Process(pid), psutil.Process()
         cpu_before = sum(agent_proc.cpu_times()[:2]), sum(bench_proc.cpu_times()[:2])
         threads_before = thread_times(agent_proc)
@@ -184,7 +207,7 @@ async def main(args: argparse.Namespace) -> None:
         agent_cpu = sum(agent_proc.cpu_times()[:2]) - cpu_before[0]
         bench_cpu = sum(bench_proc.cpu_times()[:2]) - cpu_before[1]
         split = cpu_split(pid, threads_before, thread_times(agent_proc))
-        for watcher in (profiler, tracer):
+        for watcher in (profiler, tracer, loop_tracer):
             if watcher is not None:
                 watcher.send_signal(2)  # SIGINT: py-spy and strace write their output and exit
                 await watcher.wait()
@@ -205,6 +228,11 @@ async def main(args: argparse.Namespace) -> None:
     if args.syscalls is not None and args.syscalls.exists():
         calls = ", ".join(f"{name} {per:.2f}" for name, per in syscalls_per_task(args.syscalls, args.count))
         print(f"  agent system calls per task (strace -f -c, during the run): {calls}")
+    if args.loop_syscalls is not None and args.loop_syscalls.exists():
+        every = syscalls_per_task(args.loop_syscalls, args.count, all_syscalls(args.loop_syscalls))
+        print("  event loop thread, system calls per task: " + ", ".join(f"{n} {per:.2f}" for n, per in every))
+        on_files = [f"{name} {per:.3f}" for name, per in every if name in FILE_CALLS]
+        print(f"  of them on the file system (belong in threads): {', '.join(on_files) or 'none'}")
 
 
 if __name__ == "__main__":
@@ -217,6 +245,7 @@ if __name__ == "__main__":
     parser.add_argument("--profile", type=Path, help="py-spy the agent during its run; collapsed stacks here")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--syscalls", type=Path, help="strace -c the agent during its run; its table here")
+    parser.add_argument("--loop-syscalls", type=Path, help="strace -c the event loop's thread alone; its table here")
     parser.add_argument("--timeout", type=float, default=1200, help="hard limit for the whole run, in seconds")
     args = parser.parse_args()
     run_bounded(lambda: main(args), args.timeout)
