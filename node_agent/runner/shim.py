@@ -8,7 +8,9 @@ it can write in ``DIR`` (inside the agent's state directory, which tasks cannot 
 ``DIR/started.json``, kills the child's
 whole tree when the wall-clock deadline (absolute, so a new agent keeps the original start) passes or on
 SIGTERM, and writes ``DIR/status.json`` (``exitCode``, ``timedOut``, ``killed``, or ``launchError``)
-atomically before it exits. The agent, or the agent that replaces it, reads that file
+atomically before it exits. On its stdout, a pipe the agent reads, it says ``started`` once started.json is
+written and then the status, one JSON line, once status.json is: the agent that started it learns the result
+without waiting for the shim's exit or reading the file; an agent that replaces it reads the file
 ([ADR 0011](../../docs/adr/0011-task-supervisor.md)). Each shim is a fork of the agent's fork server
 (``runner/forkserver.py``); ``python -m node_agent.runner.shim DIR`` runs one by hand. Standard library and
 psutil only: the fork server stays small.
@@ -129,7 +131,7 @@ class Supervisor:
             self.folder / STARTED,
             {"pid": child.pid, "createTime": psutil.Process(child.pid).create_time()},
         )
-        _tell_started()
+        _tell(b"started\n")
         if self.killed:  # SIGTERM came before the child existed
             kill_tree(child.pid)
         timed_out = not self.wait_until_deadline(child)
@@ -155,21 +157,23 @@ class Supervisor:
             os.close(pidfd)
 
     def finish(self, status: dict[str, Any]) -> None:
-        write_consistent(self.folder / STATUS, {**status, "endTime": time.time()})
+        """status.json, then the same document as the last line on stdout."""
+        document = {**status, "endTime": time.time()}
+        write_consistent(self.folder / STATUS, document)
+        _tell(json.dumps(document).encode() + b"\n")
 
 
-def _tell_started() -> None:
-    """One line on stdout (a pipe the agent reads) once started.json is on disk; then stdout is closed, so a
-    dead agent's pipe can never hurt the shim."""
+def _tell(line: bytes) -> None:
+    """A line on stdout, the pipe the agent that started this shim reads. At most PIPE_BUF bytes in one write,
+    and at most two lines ever, so it is whole and never blocks (a pipe holds 64 KiB), whether the agent reads
+    or not; a longer status (a launch error naming a huge path) is left to the file. An agent that is gone (its
+    read end closed: EPIPE, as SIGPIPE is ignored) costs nothing."""
+    if len(line) > select.PIPE_BUF:
+        return
     try:
-        sys.stdout.write("started\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
+        os.write(sys.stdout.fileno(), line)
+    except OSError:
         pass
-    finally:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def main() -> None:

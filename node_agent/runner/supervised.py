@@ -172,44 +172,68 @@ async def run_supervised(
             raise TaskFailure("CommandLaunchFailed", f"the task supervisor could not start: {exc}") from exc
         raise
     exited = asyncio.ensure_future(_exit_of(pidfd))
+    pipe = ShimPipe(read_end)
     try:
-        await _first_line(read_end)  # "started" once started.json is written; EOF when the launch failed
+        # "started" once started.json is written; a status (the launch failed) or EOF (the shim died) else
+        first = await pipe.line()
     except BaseException:
+        pipe.close()
         if detach is None or not detach.is_set():
             await asyncio.shield(_end(supervision.folder, pid, exited))
         raise
-    finally:
-        os.close(read_end)
+    if first != b"started":
+        pipe.close()  # the status file tells why, once the shim has exited
+        return await watch(supervision.folder, pid, exited, kill, detach)
     faults.reached("task-spawned")
-    if on_spawn is not None:
-        await on_spawn(pid)
-    return await watch(supervision.folder, pid, exited, kill, detach)
+    try:
+        if on_spawn is not None:
+            await on_spawn(pid)
+    except BaseException:
+        pipe.close()
+        raise
+    return await watch(supervision.folder, pid, exited, kill, detach, pipe)
+
+
+class ShimPipe:
+    """The agent's end of a shim's stdout: ``started`` once the task runs, then its status as one JSON line
+    once status.json is written (runner/shim.py). Read without blocking the loop; closed once."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd: int | None = fd
+        self._buffer = b""
+
+    async def line(self) -> bytes | None:
+        """The next line without its newline; None at end-of-file (the shim has exited or closed its end)."""
+        while b"\n" not in self._buffer:
+            assert self.fd is not None
+            await readable(self.fd)
+            try:
+                chunk = os.read(self.fd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 async def _abandon(folder: Path, read_end: int) -> None:
     """A launch that failed or was cancelled: a shim may have been forked all the same (the fork server died
-    after the fork, or the caller was cancelled meanwhile). Its end of the pipe closes once it said "started"
-    or ended; then it and its task are ended."""
+    after the fork, or the caller was cancelled meanwhile). Once it has said its first line or ended, it and
+    its task are ended."""
+    pipe = ShimPipe(read_end)
     try:
-        await _first_line(read_end)
+        await pipe.line()
     finally:
-        os.close(read_end)
+        pipe.close()
     await asyncio.to_thread(lambda: _discard(folder, shim_alive(folder)))
-
-
-async def _first_line(fd: int) -> None:
-    """Wait for a line (or EOF) on a pipe without blocking the loop."""
-    os.set_blocking(fd, False)
-    data = b""
-    while b"\n" not in data:
-        await readable(fd)
-        try:
-            chunk = os.read(fd, 64)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            return
-        data += chunk
 
 
 async def adopt(supervision: Supervision, kill: asyncio.Event, detach: asyncio.Event | None = None) -> ExitResult:
@@ -238,22 +262,44 @@ async def _exit_of(pidfd: int | None) -> None:
 
 
 async def watch(
-    folder: Path, pid: int | None, exited: asyncio.Future[Any], kill: asyncio.Event, detach: asyncio.Event | None
+    folder: Path,
+    pid: int | None,
+    exited: asyncio.Future[Any],
+    kill: asyncio.Event,
+    detach: asyncio.Event | None,
+    pipe: ShimPipe | None = None,
 ) -> ExitResult:
-    """Until the shim exits: on ``kill`` ask it (SIGTERM) to kill the task. Cancelled with ``detach`` set
-    (the agent stops and leaves tasks to their shims), the shim goes on; otherwise it is ended too."""
+    """Until the shim reports its status on ``pipe`` (this agent started it) or exits: on ``kill`` ask it
+    (SIGTERM) to kill the task. Cancelled with ``detach`` set (the agent stops and leaves tasks to their
+    shims), the shim goes on; otherwise it is ended too. ``pipe`` is closed once its last read is over."""
     killer = asyncio.ensure_future(kill.wait())
+    reported = None
+    if pipe is not None:
+        reported = asyncio.ensure_future(pipe.line())
+        # Closed once the read is over, never while its reader is still registered: a number closed under the
+        # selector could be reused by another task's fd, and this reader's removal would take that one's.
+        reported.add_done_callback(lambda _: pipe.close())
+    ended = {exited} if reported is None else {exited, reported}
     try:
-        await asyncio.wait({exited, killer}, return_when=asyncio.FIRST_COMPLETED)
-        if not exited.done() and pid is not None:
+        await asyncio.wait({*ended, killer}, return_when=asyncio.FIRST_COMPLETED)
+        if not any(future.done() for future in ended) and pid is not None:
             _signal(pid, signal.SIGTERM)
-            await exited
+            await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         if detach is None or not detach.is_set():
             await asyncio.shield(_end(folder, pid, exited))
         raise
     finally:
         killer.cancel()
+        if reported is not None:
+            reported.cancel()
+    if reported is not None and reported.done() and not reported.cancelled():
+        status = _parse(reported.result())
+        if status is not None:  # status.json is written: the shim's own exit need not be waited for
+            exited.cancel()
+            await asyncio.wait({exited})  # its pidfd closed before this returns
+            return _exit_result(status)
+    await exited  # its pipe closed without a status: the file tells, once the shim is gone
     return await asyncio.to_thread(_result, folder)
 
 
@@ -287,6 +333,14 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+def _parse(line: bytes | None) -> dict[str, Any] | None:
+    try:
+        document = json.loads(line) if line else None
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) and "endTime" in document else None
+
+
 def _result(folder: Path) -> ExitResult:
     status = _read(folder / STATUS)
     if status is None:
@@ -295,6 +349,10 @@ def _result(folder: Path) -> ExitResult:
             "the task's supervisor ended without recording the task's exit status",
             category="servererror",
         )
+    return _exit_result(status)
+
+
+def _exit_result(status: dict[str, Any]) -> ExitResult:
     if "launchError" in status:
         raise TaskFailure(str(status["launchError"]), str(status.get("message", "")))
     return ExitResult(int(status["exitCode"]), timed_out=bool(status["timedOut"]), killed=bool(status["killed"]))

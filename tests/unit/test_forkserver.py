@@ -60,6 +60,12 @@ async def read_all(fd: int) -> bytes:
     return await asyncio.wait_for(asyncio.to_thread(_read_all, fd), TIMEOUT_S)
 
 
+async def said(fd: int) -> list[str]:
+    """The shim's lines on its stdout to end-of-file: "started", then "status" for its status (a JSON line)."""
+    lines = (await read_all(fd)).splitlines()
+    return ["status" if line.startswith(b"{") else line.decode() for line in lines]
+
+
 def _read_all(fd: int) -> bytes:
     data = b""
     while chunk := os.read(fd, 1024):
@@ -86,8 +92,10 @@ async def test_a_forked_shim_runs_its_task_in_a_session_of_its_own_and_says_star
 ) -> None:
     folder = folder_for(tmp_path, "t1", ["/bin/sh", "-c", "echo out; exit 4"])
     pid, pidfd, read_end, _ = await spawn(server, folder)
-    assert await read_all(read_end) == b"started\n"  # the pipe passed as stdout; EOF once the shim closed it
-    assert has_exited(pidfd)
+    # the pipe passed as stdout: "started", then the status, then EOF as the shim exits
+    lines = (await read_all(read_end)).splitlines()
+    assert lines[0] == b"started" and json.loads(lines[1]) == json.loads((folder / STATUS).read_bytes())
+    assert len(lines) == 2 and has_exited(pidfd)
     assert b'"exitCode": 4' in (folder / STATUS).read_bytes()
     assert (folder / "stdout.txt").read_text() == "out\n"
     assert server.process is not None and pid != server.process.pid
@@ -115,7 +123,7 @@ async def test_the_shim_has_its_own_session_name_and_the_log_as_stderr(tmp_path:
     broken = tmp_path / "supervised" / "broken"
     broken.mkdir()  # no spec.json: the forked shim fails, and says why on its stderr
     pid, pidfd, read_end, _ = await spawn(server, broken)
-    assert await read_all(read_end) == b""
+    assert await said(read_end) == []
     assert has_exited(pidfd)
     assert "spec.json" in (broken / "shim.log").read_text()
 
@@ -145,13 +153,13 @@ async def test_a_dead_server_is_replaced_at_the_next_spawn(tmp_path: Path, serve
     await server.start()
     first = server.process
     pid, pidfd, read_end, _ = await spawn(server, folder_for(tmp_path, "t1", ["/bin/true"]))
-    assert await read_all(read_end) == b"started\n" and has_exited(pidfd)
+    assert await said(read_end) == ["started", "status"] and has_exited(pidfd)
     assert first is not None and server.process is first  # started once, before the first spawn
     first.kill()
     await asyncio.to_thread(first.wait)
 
     pid, pidfd, read_end, _ = await spawn(server, folder_for(tmp_path, "t2", ["/bin/true"]))
-    assert await read_all(read_end) == b"started\n" and has_exited(pidfd)
+    assert await said(read_end) == ["started", "status"] and has_exited(pidfd)
     assert server.process is not None and server.process.pid != first.pid
 
 
@@ -164,11 +172,11 @@ async def test_a_cancelled_caller_leaves_requests_and_replies_in_step(tmp_path: 
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert await read_all(read_end) == b"started\n"  # the shim was forked all the same
+    assert await said(read_end) == ["started", "status"]  # the shim was forked all the same
 
     second = folder_for(tmp_path, "t2", ["/bin/sh", "-c", "exit 7"])
     pid, pidfd, read_end, _ = await spawn(server, second)
-    assert await read_all(read_end) == b"started\n" and has_exited(pidfd)
+    assert await said(read_end) == ["started", "status"] and has_exited(pidfd)
     assert b'"exitCode": 7' in (second / STATUS).read_bytes()
 
 
@@ -185,7 +193,7 @@ async def test_a_folder_fenced_before_its_shim_claims_it_never_starts_its_comman
     assert examine(folder, "boot-1") == Found.UNSTARTED, "fenced once, it stays unstarted"
 
     pid, pidfd, read_end, _ = await spawn(server, folder)
-    assert await read_all(read_end) == b""  # never said started
+    assert await said(read_end) == []  # never said started
     assert has_exited(pidfd)
     assert not marker.exists() and not (folder / STATUS).exists() and not (folder / STARTED).exists()
     assert "fenced" in (folder / "shim.log").read_text()
@@ -196,7 +204,7 @@ async def test_a_folder_its_shim_claimed_first_is_adopted_and_not_fenced(tmp_pat
     spec = json.loads((folder / SPEC).read_bytes())
     write_consistent(folder / SPEC, {**spec, "bootId": "boot-1"})
     pid, pidfd, read_end, _ = await spawn(server, folder)
-    assert await read_all(read_end) == b"started\n"
+    assert await said(read_end) == ["started", "status"]
     assert has_exited(pidfd)
     assert examine(folder, "boot-1") == Found.ADOPTABLE  # a status to read
     assert examine(folder, "boot-2") == Found.LOST  # another boot's folder: it may have run
@@ -229,7 +237,7 @@ async def test_a_spare_shim_waits_for_the_next_request_and_ends_with_the_server(
     spare.kill()  # a spare that died waiting is replaced when the next request comes
     spare.wait(TIMEOUT_S)
     pid, pidfd, read_end, _ = await spawn(server, folder_for(tmp_path, "t1", ["/bin/sh", "-c", "exit 3"]))
-    assert await read_all(read_end) == b"started\n" and has_exited(pidfd)
+    assert await said(read_end) == ["started", "status"] and has_exited(pidfd)
     assert b'"exitCode": 3' in (tmp_path / "supervised" / "t1" / STATUS).read_bytes()
 
     waiting = await spare_of(server)

@@ -18,7 +18,7 @@ import pytest
 from node_agent.errors import TaskFailure
 from node_agent.runner.forkclient import ForkServer
 from node_agent.runner.process import ProcessSpec
-from node_agent.runner.supervised import Supervision, adopt, is_adoptable, run_supervised, shim_alive
+from node_agent.runner.supervised import ShimPipe, Supervision, adopt, is_adoptable, run_supervised, shim_alive
 from tests.processes import Fifo, has_exited, open_pidfd
 
 TIMEOUT_S = 20.0
@@ -57,6 +57,19 @@ async def test_exit_code_and_output_come_through_the_supervisor(tmp_path: Path, 
     )
     assert result.exit_code == 3 and not result.timed_out and not result.killed
     assert (tmp_path / "stdout.txt").read_text() == "out\n"
+
+
+async def test_the_shim_pipe_gives_whole_lines_however_they_arrive() -> None:
+    read_end, write_end = os.pipe()
+    pipe = ShimPipe(read_end)
+    os.write(write_end, b'started\n{"exitCode"')  # a line and a half in one read
+    assert await pipe.line() == b"started"
+    os.write(write_end, b': 0, "endTime": 1.0}\n')
+    assert await pipe.line() == b'{"exitCode": 0, "endTime": 1.0}'
+    os.close(write_end)
+    assert await pipe.line() is None  # end-of-file
+    pipe.close()
+    pipe.close()  # closed once
 
 
 async def test_missing_program_is_command_program_not_found(tmp_path: Path, launcher: ForkServer) -> None:
@@ -206,3 +219,28 @@ async def test_a_cancel_without_detach_ends_the_task_and_leaves_nothing_to_adopt
     await asyncio.wait({running})
     assert has_exited(task)
     assert not is_adoptable(where.folder, "boot-1") and not where.folder.exists()
+
+
+async def test_runs_that_end_every_way_leave_no_fd_open_and_no_reader_registered(
+    tmp_path: Path, launcher: ForkServer
+) -> None:
+    await run_supervised(spec(tmp_path, "/bin/true"), asyncio.Event(), supervision(tmp_path, launcher))  # server up
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    fds_before, readers_before = set(os.listdir("/proc/self/fd")), len(selector.get_map())
+
+    await run_supervised(spec(tmp_path, "/bin/sh -c 'exit 5'"), asyncio.Event(), supervision(tmp_path, launcher))
+    for ending in ("kill", "cancel"):
+        kill, spawned = asyncio.Event(), asyncio.Event()
+
+        async def on_spawn(pid: int, spawned: asyncio.Event = spawned) -> None:
+            spawned.set()
+
+        where = Supervision(tmp_path / "supervised" / ending, "boot-1", launcher)
+        running = asyncio.ensure_future(run_supervised(spec(tmp_path, "sleep 60"), kill, where, on_spawn))
+        await asyncio.wait_for(spawned.wait(), TIMEOUT_S)
+        kill.set() if ending == "kill" else running.cancel()
+        await asyncio.wait({running}, timeout=TIMEOUT_S)
+        assert running.done()
+
+    assert set(os.listdir("/proc/self/fd")) == fds_before
+    assert len(selector.get_map()) == readers_before
