@@ -149,7 +149,8 @@ def syscalls_per_task(summary: Path, count: int, names: set[str] | None = None) 
 
 def all_syscalls(summary: Path) -> set[str]:
     """Every system call named in strace -c's table."""
-    return {fields[-1] for fields in map(str.split, summary.read_text().splitlines()) if len(fields) >= 5}
+    rows = map(str.split, summary.read_text().splitlines())
+    return {fields[-1] for fields in rows if len(fields) >= 5 and fields[-1] != "total"}
 
 
 def thread_times(proc: psutil.Process) -> dict[int, tuple[float, float]]:
