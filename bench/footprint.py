@@ -31,8 +31,8 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 async def settled_rss(proc: psutil.Process, quiet_s: float = 1.0, limit_s: float = 10.0) -> int:
-    """The RSS once it has held still for ``quiet_s``: the agent finishes a deletion (and gives memory back,
-    agent/memory.py) after the client has seen the job's statuses cleared."""
+    """The RSS once it has held still for ``quiet_s``: the agent finishes a deletion (its job records removed,
+    its last log lines written) after the client has seen the job's statuses cleared."""
     rss, since, end = proc.memory_info().rss, time.monotonic(), time.monotonic() + limit_s
     while time.monotonic() < end and time.monotonic() - since < quiet_s:
         await asyncio.sleep(0.1)  # sampling a figure that has no event of its own
