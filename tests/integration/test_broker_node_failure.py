@@ -4,8 +4,10 @@ new addTask commands keep arriving through another node of the cluster. Nothing 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,12 @@ pytestmark = pytest.mark.skipif(
 )
 log = structlog.get_logger(__name__)
 
-# After a SIGKILL of a cluster node the survivors may refuse the agents' subscriptions (their JetStream consumers
-# wait for new leaders) for up to about a minute on a loaded 2-core machine, and commands sent meanwhile wait with
-# them: every wait here allows that twice over. Nothing the test checks depends on how long it waited.
+# After a SIGKILL of a cluster node the survivors may refuse subscriptions while JetStream elects new leaders. The
+# agents' persistent sessions keep their consumers and were back within 10 s in every run seen; the driver's clean
+# session needs new replicated consumers, which NATS could not create with one of three servers gone for up to
+# minutes (nats-server issue 2239). So the agents' move is read from their own logs, and the driver is only asked
+# to see it once the killed server is back. Every wait allows a loaded machine; nothing checked depends on how long
+# it waited.
 TIMEOUT_S = 150.0
 SHARED = '"$AZ_BATCH_NODE_SHARED_DIR"'
 BEFORE, DURING = 4, 8  # tasks added before the kill, and while the agents are cut off from their broker node
@@ -53,6 +58,27 @@ def broker_port(client: BatchClient, node: FakeNode) -> int | None:
     """The NATS MQTT port behind the proxy the node's retained state says it is connected through."""
     state = client.view.nodes.get(node.node_id)
     return node.broker_port_behind(state.broker) if state is not None else None
+
+
+def connected_elsewhere(node: FakeNode, victim: int, since: datetime) -> bool:
+    """The node's own log says it connected, after ``since``, to a broker node other than ``victim``."""
+    for line in node.log_file.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # the line being written as this reads
+            continue
+        if entry.get("event") != "mqtt.connected" or datetime.fromisoformat(entry["timestamp"]) <= since:
+            continue
+        if node.broker_port_behind(entry.get("broker")) not in (None, victim):
+            return True
+    return False
+
+
+async def until(condition: Callable[[], bool], timeout_s: float) -> None:
+    """Wait for a condition that only a file shows (an agent's log): read again every 0.1 s."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 (a file gives no event to await; it is read again until it says so)
+            await asyncio.sleep(0.1)
 
 
 async def add(client: BatchClient, numbers: range, nodes: list[FakeNode]) -> None:
@@ -90,20 +116,18 @@ async def test_sigkill_of_the_agents_broker_node_loses_and_repeats_nothing(
         cluster.kill(0)
         adding = asyncio.create_task(add(client, range(BEFORE + 1, BEFORE + DURING + 1), nodes))
 
-        def moved() -> bool:
-            states = [client.view.nodes.get(node.node_id) for node in nodes]
-            return all(s is not None and s.last_heartbeat > killed_at for s in states) and all(
-                broker_port(client, node) not in (None, victim) for node in nodes
-            )
-
-        await client.wait_until(moved, TIMEOUT_S)
+        await until(lambda: all(connected_elsewhere(node, victim, killed_at) for node in nodes), TIMEOUT_S)
         reconnect_s = time.monotonic() - killed_clock
         log.warning("test.reconnected", reconnect_s=round(reconnect_s, 2))  # reported in docs/scaling.md
-        await adding
 
         # Returns once a round trip through every node works and routes are whole again.
         await cluster.restart(0, timeout_s=TIMEOUT_S)
         assert await cluster.route_counts() == [2, 2, 2]
+        await adding  # the driver's commands, answered once it could subscribe again
+        await client.wait_until(
+            lambda: all((s := client.view.nodes.get(n.node_id)) and s.last_heartbeat > killed_at for n in nodes),
+            TIMEOUT_S,
+        )
 
         tasks = await client.wait_for_tasks("j1", timeout_s=TIMEOUT_S)
         assert sorted(t.id for t in tasks) == sorted(f"t{n}" for n in range(1, BEFORE + DURING + 1))
