@@ -31,6 +31,7 @@ __all__ = [  # BrokerSecurity, secure_config and the errors live in their own mo
     "BrokerUnavailable",
     "LaunchSpec",
     "OutputPump",
+    "START_ATTEMPTS",
     "broker_url",
     "find_mosquitto",
     "free_port",
@@ -46,7 +47,7 @@ STOP_TIMEOUT_S = 5.0
 KINDS = ("mosquitto", "amqtt")
 
 _MOSQUITTO_READY = re.compile(r"mosquitto version \S+ running")
-_START_ATTEMPTS = 3  # a fresh port is tried only when the previous one was taken in the meantime
+START_ATTEMPTS = 3  # a fresh port is tried only when the previous one was taken in the meantime
 _PUMP_JOIN_TIMEOUT_S = 2.0
 
 # max_queued_messages 100000 (default 1000) is what keeps bursts of QoS 1 messages for a slow or offline
@@ -251,7 +252,7 @@ def _start(
     kind: str, workdir: Path, fixed_port: int | None, security: str = OPEN, persistence: Path | None = None
 ) -> tuple[subprocess.Popen[str], OutputPump, int]:
     """Start the broker on ``fixed_port`` or a free port and wait (bounded) for its readiness line."""
-    for _ in range(1 if fixed_port else _START_ATTEMPTS):
+    for _ in range(1 if fixed_port else START_ATTEMPTS):
         port = fixed_port or free_port()
         if kind == "mosquitto":
             spec = _mosquitto_spec(workdir, port, security, persistence)

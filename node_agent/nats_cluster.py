@@ -19,6 +19,7 @@ import aiomqtt
 
 from node_agent.brokers import (
     HOST,
+    START_ATTEMPTS,
     BrokerHandle,
     BrokerToolMissing,
     BrokerUnavailable,
@@ -338,22 +339,41 @@ def running_nats_cluster(workdir: Path, size: int = 3, users: Sequence[NatsUser]
     binary = find_nats_server()
     if binary is None:
         raise BrokerToolMissing("nats-server is not installed (Debian: `apt-get install nats-server`, in /usr/sbin)")
-    nodes = [NatsNode(f"n{number}", workdir / f"n{number}") for number in range(1, size + 1)]
     probe = None
     if users:
         subjects = (f"{_PROBE_TOPICS}.>",)
         probe = NatsUser("node-agent-probe", uuid.uuid4().hex, subjects, (*subjects, "$MQTT.sub.>"))
-    cluster = NatsCluster(nodes, binary, probe)
+    cluster = _start_cluster(binary, workdir, size, [*users, probe] if probe else [], probe)
     try:
-        for node in nodes:
-            node.workdir.mkdir(parents=True, exist_ok=True)
-            node.write_config(nodes, [*users, probe] if probe else ())
-        started = time.monotonic()
-        for node in nodes:
-            node.launch(binary)
-        for node in nodes:
-            node.wait_ready()
-        _in_new_loop(cluster.wait_whole(CLUSTER_READY_TIMEOUT_S - (time.monotonic() - started)))
         yield cluster
     finally:
         cluster.stop()
+
+
+def _start_cluster(binary: str, workdir: Path, size: int, users: list[NatsUser], probe: NatsUser | None) -> NatsCluster:
+    """Start the nodes on free ports and wait until the cluster is whole. A port found free may be taken before a
+    node binds it (an outgoing connection's ephemeral port, say): then the whole cluster starts again on fresh
+    ports and an empty store, as a single broker does (``brokers._start``)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        nodes = [NatsNode(f"n{number}", workdir / f"n{number}") for number in range(1, size + 1)]
+        cluster = NatsCluster(nodes, binary, probe)
+        try:
+            for node in nodes:
+                shutil.rmtree(node.workdir, ignore_errors=True)  # a failed attempt's store
+                node.workdir.mkdir(parents=True)
+                node.write_config(nodes, users)
+            started = time.monotonic()
+            for node in nodes:
+                node.launch(binary)
+            for node in nodes:
+                node.wait_ready()
+            _in_new_loop(cluster.wait_whole(CLUSTER_READY_TIMEOUT_S - (time.monotonic() - started)))
+            return cluster
+        except BrokerUnavailable as exc:
+            cluster.stop()
+            if attempt == START_ATTEMPTS or "address already in use" not in str(exc).lower():
+                raise
+        except BaseException:
+            cluster.stop()
+            raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
