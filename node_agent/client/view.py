@@ -106,10 +106,14 @@ class PoolView:
         return next(node_id for free, node_id in candidates if free == best)
 
     def released(self, job: Job) -> bool:
-        """Every node that ran the job's preparation has completed its release (or, without a release
-        task, every node holding a task of the job has ended it)."""
-        if job.job_release_task is None:
-            return all(t.state == TaskState.COMPLETED or t.node_info is None for t in self.tasks_of(job.id))
+        """Every task of the job that a node holds has ended, and every node that ran the job's preparation has
+        completed its release. The tasks come first: a node's preparation status may not have reached this
+        client when the job is terminated (its tasks were seen preparing), and without it no release would be
+        waited for; a node publishes that status before it ends the job's tasks, so once their ends are here
+        (on a broker that keeps one publisher's order, as Mosquitto does) so is the status."""
+        ended = all(t.state == TaskState.COMPLETED or t.node_info is None for t in self.tasks_of(job.id))
+        if job.job_release_task is None or not ended:
+            return ended
         return all(
             info.job_release_task_execution_info is not None
             and info.job_release_task_execution_info.state == SubtaskState.COMPLETED
